@@ -1,0 +1,59 @@
+# lmreport — `make report` sets everything up and writes build/writeup.md + build/writeup.pdf;
+# `make test` runs the test suite. Both create the virtual environment on first use.
+#
+#   make report                 every section for this machine's default profile, then render
+#   make render                 render from existing records only (never reruns experiments)
+#   make accounting | precision | bench | ...   one section's experiments
+#   make test                   CPU test suite (GPU-only tests skip without CUDA)
+#   make bench-tools            benchmarks of lmreport's own tools (speed/memory targets)
+#   PROFILE=handout-2025 EDITION=2026 ...       choose a profile or an edition
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LMREPORT := $(BIN)/lmreport
+PROFILE ?=
+EDITION ?=
+ARGS := $(if $(PROFILE),--profile $(PROFILE)) $(if $(EDITION),--edition $(EDITION))
+SECTIONS := $(filter-out _%,$(basename $(notdir $(wildcard lmreport/report/sections/*.py))))
+
+# torch: without an NVIDIA driver, the small CPU build 2.13.0; with one, the CUDA build from PyPI.
+# Override with TORCH_SPEC=... and/or TORCH_INDEX=https://download.pytorch.org/whl/cpu (or /cu126).
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_CUDA),torch>=2.4,torch==2.13.0)
+TORCH_INDEX ?=
+
+.PHONY: install report render test bench-tools list clean distclean $(SECTIONS)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+report: install
+	$(LMREPORT) run all $(ARGS)
+	$(LMREPORT) render $(ARGS)
+
+render: install
+	$(LMREPORT) render $(ARGS)
+
+$(SECTIONS): install
+	$(LMREPORT) run $@ $(ARGS)
+
+list: install
+	$(LMREPORT) list
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench-tools: install
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf build
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from lmreport.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""`lmreport` command line: one subcommand per module in lmreport/commands/.
+
+Errors meant for the user are one line on stderr and a non-zero exit; set LMREPORT_DEBUG=1
+to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import warnings
+
+from lmreport.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import lmreport.commands as pkg
+    parser = argparse.ArgumentParser(prog="lmreport", description="Run a transformer-systems study and render its writeup.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)
+               if not m.name.startswith("_")]
+    for mod in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        mod.register(sub)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lmreport: warning: {message}", file=file or sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    debug = bool(os.environ.get("LMREPORT_DEBUG"))
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        if debug:
+            raise
+        print(f"lmreport: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmreport: interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line unless debugging
+        if debug:
+            raise
+        print(f"lmreport: error: {type(e).__name__}: {e} (set LMREPORT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `lmreport`: each module has `register(subparsers)` and an optional ORDER."""

@@ -1,0 +1,29 @@
+"""lmreport render: records -> build/writeup.md and build/writeup.pdf (never runs experiments)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lmreport.commands._common import add_plan_arguments, resolve_plan
+
+ORDER = 20
+
+
+def register(sub) -> None:
+    p = sub.add_parser("render", help="render the writeup from existing records")
+    add_plan_arguments(p)
+    p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: build)")
+    p.add_argument("--no-pdf", action="store_true", help="write the Markdown only")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from lmreport.report.render import render
+    profile, edition = resolve_plan(args)
+    out = render(args.runs_dir, args.out, edition, profile, pdf=not args.no_pdf)
+    missing = [s["name"] for s in out.sections if s["status"] != "ok"]
+    print(f"wrote {out.markdown}" + (f" and {out.pdf}" if out.pdf else "")
+          + f" from {len(out.records)} records" + (f"; no records yet for: {', '.join(missing)}" if missing else ""),
+          file=sys.stderr)
+    return 0

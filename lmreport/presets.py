@@ -1,0 +1,203 @@
+"""Model tables per handout edition and sweep profiles.
+
+Pure data (no torch import), so accounting and rendering stay fast. Sources: the systems
+handout of the LM-from-scratch course, editions 2025 and 2026 (model table "Table 1",
+vocab 10,000, batch 4), and the first assignment's accounting questions (GPT-2 shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+EDITIONS = (2025, 2026)
+DEFAULT_EDITION = 2025
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of one transformer LM (the course's reference architecture)."""
+
+    name: str
+    d_model: int  # width of the residual stream
+    d_ff: int  # inner width of the SwiGLU feed-forward (three matrices)
+    num_layers: int  # transformer blocks
+    num_heads: int  # attention heads; d_model must divide evenly
+    vocab_size: int = 10_000
+    context_length: int = 1024  # longest sequence RoPE is built for
+    rope_theta: float = 10_000.0
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.num_heads
+
+    def with_(self, **changes) -> "ModelConfig":
+        return replace(self, **changes)
+
+
+def swiglu_d_ff_2026(d_model: int) -> int:
+    """2026 convention: the multiple of 64 nearest to 8/3 * d_model (GPT-2 accounting)."""
+    return 64 * round(8 * d_model / 3 / 64)
+
+
+def _gpt2(name: str, layers: int, d_model: int, heads: int, edition: int) -> ModelConfig:
+    d_ff = 4 * d_model if edition == 2025 else swiglu_d_ff_2026(d_model)
+    return ModelConfig(name, d_model, d_ff, layers, heads, vocab_size=50_257, context_length=1024)
+
+
+def _table(*rows: tuple[str, int, int, int, int]) -> dict[str, ModelConfig]:
+    return {n: ModelConfig(n, d, f, l, h) for n, d, f, l, h in rows}
+
+
+_SMALL = ("small", 768, 3072, 12, 12)
+_MEDIUM = ("medium", 1024, 4096, 24, 16)
+_LARGE = ("large", 1280, 5120, 36, 20)
+
+
+@dataclass(frozen=True)
+class TrainingTimeQuestion:
+    """A-d: how long GPT-2 XL trains on one accelerator at a given MFU."""
+
+    accelerator: str
+    peak_flops: float  # FLOP/s the handout gives for the precision it names
+    peak_source: str
+    precision: str
+    steps: int = 400_000
+    batch_size: int = 1024
+    mfu: float = 0.5
+    backward_to_forward: float = 2.0  # handout assumption: backward costs 2x forward
+    time_unit: str = "days"
+
+
+@dataclass(frozen=True)
+class Edition:
+    """Everything that differs between handout editions."""
+
+    year: int
+    study_models: dict[str, ModelConfig]  # the benchmark model table (vocab 10,000)
+    gpt2: dict[str, ModelConfig]  # GPT-2 shapes for the accounting questions
+    bench_contexts: tuple[int, ...]
+    memory_model: str  # size profiled in the memory section
+    memory_contexts: tuple[int, ...]
+    residual_batch: int  # M-d: batch of the residual-stream activation question
+    residual_contexts: tuple[int, ...]
+    mib_label: str  # "MB" (2025, meaning 1024^2 bytes) or "MiB" (2026)
+    swiglu_activations: bool  # 2026 adds W3 and the element-wise product to A-a's list
+    training_time: TrainingTimeQuestion
+    long_context: int = 16_384  # T-e
+    batch_size: int = 4
+    vocab_size: int = 10_000
+    memory_budget_bytes: int = 80 * 10**9  # A-b: "80 GB"
+
+
+EDITION_TABLES: dict[int, Edition] = {
+    2025: Edition(
+        year=2025,
+        study_models=_table(_SMALL, _MEDIUM, _LARGE, ("xl", 1600, 6400, 48, 25), ("2.7B", 2560, 10240, 32, 32)),
+        gpt2={n: _gpt2(n, *shape, 2025) for n, shape in
+              {"GPT-2 small": (12, 768, 12), "GPT-2 medium": (24, 1024, 16),
+               "GPT-2 large": (36, 1280, 20), "GPT-2 XL": (48, 1600, 25)}.items()},
+        bench_contexts=(128, 256, 512, 1024),
+        memory_model="2.7B",
+        memory_contexts=(128, 256, 512),
+        residual_batch=4,
+        residual_contexts=(512,),
+        mib_label="MB",
+        swiglu_activations=False,
+        training_time=TrainingTimeQuestion(
+            accelerator="A100", peak_flops=19.5e12, precision="fp32",
+            peak_source="handout: A100 fp32 peak 19.5 TFLOP/s", time_unit="days"),
+    ),
+    2026: Edition(
+        year=2026,
+        study_models=_table(_SMALL, _MEDIUM, _LARGE, ("xl", 2560, 10240, 32, 32), ("10B", 4608, 12288, 50, 36)),
+        gpt2={n: _gpt2(n, *shape, 2026) for n, shape in
+              {"GPT-2 small": (12, 768, 12), "GPT-2 medium": (24, 1024, 16),
+               "GPT-2 large": (36, 1280, 20), "GPT-2 XL": (48, 1600, 25)}.items()},
+        bench_contexts=(512,),
+        memory_model="xl",
+        memory_contexts=(128, 2048),
+        residual_batch=4,
+        residual_contexts=(128, 2048),
+        mib_label="MiB",
+        swiglu_activations=True,
+        training_time=TrainingTimeQuestion(
+            accelerator="H100", peak_flops=495e12, precision="TF32",
+            peak_source="handout: H100 TF32 peak 495 TFLOP/s", time_unit="hours"),
+    ),
+}
+
+
+def edition(year: int | str) -> Edition:
+    try:
+        return EDITION_TABLES[int(year)]
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown edition {year!r}: choose one of {', '.join(map(str, EDITIONS))}") from None
+
+
+# --- sweep profiles -----------------------------------------------------------------------
+
+# Sizes small enough for a 2-core CPU; same architecture, same vocab as the study table.
+CPU_MODELS = _table(("tiny", 128, 512, 2, 4), ("mini", 256, 1024, 4, 4))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a sweep runs: which sizes, contexts and step counts, on which kind of device."""
+
+    name: str
+    device: str  # "cpu" or "cuda": the device the profile is meant for
+    description: str
+    edition: int | None = None  # fixed edition (handout profiles) or None (follows --edition)
+    sizes: tuple[str, ...] = ()  # empty: every size of the edition's table
+    contexts: tuple[int, ...] = ()  # empty: the edition's benchmark contexts
+    warmup_steps: int = 5
+    measure_steps: int = 10
+    extra_models: dict[str, ModelConfig] = field(default_factory=dict)
+
+    def models(self, ed: Edition) -> dict[str, ModelConfig]:
+        """Size name -> config for this profile (the edition's table plus profile-only sizes)."""
+        table = {**ed.study_models, **self.extra_models}
+        names = self.sizes or tuple(ed.study_models)
+        return {n: table[n] for n in names}
+
+    def bench_contexts(self, ed: Edition) -> tuple[int, ...]:
+        return self.contexts or ed.bench_contexts
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu", device="cpu",
+        description="small sizes and short contexts for a CPU; full-size memory by estimation",
+        sizes=("tiny", "mini"), contexts=(64, 128), warmup_steps=2, measure_steps=5,
+        extra_models=CPU_MODELS),
+    "handout-2025": Profile(
+        name="handout-2025", device="cuda", edition=2025,
+        description="the 2025 handout: every size at contexts 128/256/512/1024"),
+    "handout-2026": Profile(
+        name="handout-2026", device="cuda", edition=2026,
+        description="the 2026 handout: every size at context 512"),
+}
+
+
+def profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}") from None
+
+
+def default_profile_name(cuda_available: bool, year: int) -> str:
+    """The embedded default: `cpu` without CUDA, the edition's handout profile with it."""
+    return f"handout-{year}" if cuda_available else "cpu"
+
+
+def resolve(profile_name: str | None, year: int | str | None, cuda_available: bool) -> tuple[Profile, Edition]:
+    """Pick the profile and edition from CLI flags; a handout profile fixes its edition."""
+    if profile_name is None:
+        profile_name = default_profile_name(cuda_available, int(year or DEFAULT_EDITION))
+    prof = profile(profile_name)
+    if prof.edition is not None:
+        if year is not None and int(year) != prof.edition:
+            raise ValueError(f"profile {prof.name} is the {prof.edition} edition; drop --edition {year} or pick handout-{year}")
+        return prof, edition(prof.edition)
+    return prof, edition(year or DEFAULT_EDITION)

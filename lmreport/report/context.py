@@ -1,0 +1,59 @@
+"""What a section's report module sees: its records, the edition and profile, a figure folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lmreport.presets import Edition, Profile
+from lmreport.sections import Section
+
+
+class MissingRecords(Exception):
+    """Raised by a section's build() when it has nothing to show; the message is the reason."""
+
+
+@dataclass
+class SectionView:
+    section: Section
+    records: list[dict]  # the selected records of this section (one per cell)
+    edition: Edition
+    profile: Profile
+    run: str  # folder name the run command writes to
+    figures_dir: Path  # where plots go (build/figures)
+    figures_rel: str = "figures"  # the same folder, relative to writeup.md
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "ok"]
+
+    def by_cell(self) -> dict[str, dict]:
+        return {r["cell"]: r for r in self.records}
+
+    def frame(self) -> pd.DataFrame:
+        """One row per record: cell, status, error, device, host, config.*, metrics.* (flattened)."""
+        if not self.records:
+            return pd.DataFrame()
+        rows = [{"cell": r["cell"], "status": r["status"], "error": r.get("error"),
+                 "device": r.get("environment", {}).get("device"), "host": r.get("environment", {}).get("host"),
+                 "config": r["config"], "metrics": r["metrics"]} for r in self.records]
+        return pd.json_normalize(rows, sep=".")
+
+    def devices(self) -> list[str]:
+        return sorted({r.get("environment", {}).get("device") or "unknown" for r in self.records})
+
+    def run_command(self) -> str:
+        ed = "" if self.profile.edition else f" --edition {self.edition.year}"
+        return f"lmreport run {self.section.name} --profile {self.profile.name}{ed}"
+
+    def figure_path(self, name: str) -> tuple[Path, str]:
+        """(file to save, path to write in Markdown) for a figure of this section."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        fname = f"{self.section.name}-{name}"
+        return self.figures_dir / fname, f"{self.figures_rel}/{fname}"
+
+    def require_records(self) -> None:
+        if not self.records:
+            raise MissingRecords(f"no records for this section in runs/{self.run}/{self.section.name}/")

@@ -1,0 +1,93 @@
+"""Records -> section contexts -> Jinja templates -> build/writeup.md (+ PDF).
+
+Rendering never runs experiments: it reads records, computes formulas and draws plots.
+Templates use StrictUndefined, so a value a template needs but a context lacks fails loudly
+instead of printing an empty string.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import jinja2
+
+from lmreport import store
+from lmreport.device import PROJECT_ROOT, git_info
+from lmreport.presets import Edition, Profile
+from lmreport.report.context import MissingRecords, SectionView
+from lmreport.report.filters import FILTERS
+from lmreport.sections import all_sections
+
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+
+def jinja_env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters.update(FILTERS)
+    return env
+
+
+@dataclass
+class Rendered:
+    markdown: Path
+    pdf: Path | None
+    records: list[dict]  # the records the writeup used
+    sections: list[dict]  # name, title, status ("ok" or "missing")
+
+
+def title_facts(edition: Edition, profile: Profile, records: list[dict]) -> dict:
+    git = git_info()
+    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
+    devices = sorted({r.get("environment", {}).get("device") or "unknown" for r in records})
+    return {
+        "title": "Transformer systems study: the writeup",
+        "subtitle": f"{edition.year} handout edition · profile {profile.name}",
+        "date": date.today().isoformat(),
+        "facts": [
+            {"label": "Date", "value": date.today().isoformat()},
+            {"label": "Git commit", "value": commit},
+            {"label": "Profile", "value": f"{profile.name}: {profile.description}"},
+            {"label": "Edition", "value": str(edition.year)},
+            {"label": "Devices", "value": "; ".join(devices) if devices else "none (no records yet)"},
+            {"label": "Records", "value": str(len(records))},
+        ],
+    }
+
+
+def build_sections(records: list[dict], edition: Edition, profile: Profile, figures_dir: Path) -> list[dict]:
+    out = []
+    run = store.run_name(edition.year, profile.name)
+    for s in all_sections().values():
+        view = SectionView(s, [r for r in records if r["section"] == s.name], edition, profile, run, figures_dir)
+        try:
+            ctx, template, status = s.report_module().build(view), s.template, "ok"
+        except MissingRecords as e:
+            ctx = {"reason": str(e), "command": view.run_command()}
+            template, status = "sections/_missing.md.j2", "missing"
+        out.append({"name": s.name, "title": s.title, "template": template, "status": status,
+                    "devices": view.devices(), "ctx": ctx})
+    return out
+
+
+def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pdf: bool = True) -> Rendered:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = store.select(store.load_records(runs_dir), edition.year, profile.name)
+    sections = build_sections(records, edition, profile, out_dir / "figures")
+    meta = title_facts(edition, profile, records)
+    text = jinja_env().get_template("writeup.md.j2").render(meta=meta, sections=sections,
+                                                             edition=edition, profile=profile)
+    md = out_dir / "writeup.md"
+    md.write_text(text)
+    pdf_path = None
+    if pdf:
+        from lmreport.report.pdf import markdown_to_pdf
+        used = [{k: v for k, v in r.items() if k != "_path"} for r in records]
+        pdf_path = markdown_to_pdf(md, out_dir / "writeup.pdf", meta,
+                                   attachments={"records.json": json.dumps(used, indent=1).encode()})
+    return Rendered(md, pdf_path, records, [{k: s[k] for k in ("name", "title", "status")} for s in sections])

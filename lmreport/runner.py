@@ -1,0 +1,267 @@
+"""Runs the cells of a sweep through an executor and writes one record per cell.
+
+What to run comes from the experiment modules (cells); how to launch is the executor's
+business (inline in this process, one subprocess per cell, later Slurm); what a cell
+measures is the experiment's. A rerun skips cells whose record is `ok` and retries the rest.
+
+Failure is data: out-of-memory becomes status `oom`, any other exception `error` with its
+message, a cell the machine cannot run `skipped` with the reason. A record is written only
+when its cell has finished (atomically, see store.py), so Ctrl-C or a kill never leaves a
+half-written or falsely `ok` record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lmreport import store
+from lmreport.presets import Edition, Profile
+
+REQUIREMENTS = ("any", "cuda", "nsys")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep is for: the profile and edition the cells come from."""
+
+    profile: Profile
+    edition: Edition
+
+    @property
+    def run(self) -> str:
+        return store.run_name(self.edition.year, self.profile.name)
+
+
+@dataclass(frozen=True)
+class Cell:
+    section: str
+    name: str  # unique within the section, also the record's file name
+    config: dict  # JSON-able; includes edition and profile (added by `cell()`)
+    requires: str = "any"  # "any", "cuda" or "nsys": what the machine must have
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Cell":
+        return Cell(**json.loads(text))
+
+
+def cell(plan: Plan, section: str, name: str, requires: str = "any", **config) -> Cell:
+    """A cell whose config carries the plan's edition and profile (records say where they belong)."""
+    assert requires in REQUIREMENTS, requires
+    return Cell(section, name, {"edition": plan.edition.year, "profile": plan.profile.name, **config}, requires)
+
+
+class CellSkipped(Exception):
+    """Raised by run_cell when this machine cannot run the cell; the message says what can."""
+
+
+def missing_requirement(requires: str) -> str | None:
+    from lmreport.device import cuda_available
+    if requires in ("cuda", "nsys") and not cuda_available():
+        return "needs a CUDA GPU; run this section on a CUDA machine (see README: 'On a GPU machine')"
+    if requires == "nsys" and shutil.which("nsys") is None:
+        return "needs Nsight Systems (`nsys` on PATH)"
+    return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> dict:
+    """Run one cell in this process and write its record; returns the record."""
+    from lmreport.device import default_device, environment
+    from lmreport.sections import get
+
+    started, t0 = store.now_iso(), time.perf_counter()
+    artifacts = store.artifacts_dir(record_file)
+    status, error, result = "ok", None, {}
+    reason = missing_requirement(c.requires)
+    if reason:
+        status, error = "skipped", reason
+    else:
+        try:
+            fn = run_fn or get(c.section).experiment_module().run_cell
+            result = fn(c, artifacts) or {}
+        except CellSkipped as e:
+            status, error = "skipped", str(e)
+        except Exception as e:  # noqa: BLE001 - failures are data, the sweep goes on
+            status = "oom" if is_out_of_memory(e) else "error"
+            error = f"{type(e).__name__}: {e}".strip()[:2000]
+            if status == "error" and os.environ.get("LMREPORT_DEBUG"):
+                traceback.print_exc()
+            _release_cuda_memory()
+    record = store.make_record(c.section, c.name, c.config, environment(default_device()), status,
+                               metrics=result.get("metrics"), artifacts=result.get("artifacts"),
+                               error=error, started_at=started, duration_s=time.perf_counter() - t0)
+    store.write_record(record_file, record)
+    return record
+
+
+def _release_cuda_memory() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+# --- executors --------------------------------------------------------------------------------
+
+
+class InlineExecutor:
+    """Runs cells in this process: fastest, used on CPU and in tests."""
+
+    name = "inline"
+
+    def run(self, c: Cell, record_file: Path) -> dict:
+        return execute_cell(c, record_file)
+
+
+class SubprocessExecutor:
+    """One Python process per cell, so an OOM or a crash cannot poison later cells."""
+
+    name = "subprocess"
+
+    def __init__(self, timeout_s: float | None = None):
+        self.timeout_s = timeout_s
+
+    def run(self, c: Cell, record_file: Path) -> dict:
+        log = store.artifacts_dir(record_file) / "worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        before = record_file.stat().st_mtime_ns if record_file.exists() else None
+        started, t0 = store.now_iso(), time.perf_counter()
+        with open(log, "w") as out:
+            try:
+                proc = subprocess.run([sys.executable, "-m", "lmreport.runner", c.to_json(), str(record_file)],
+                                      stdout=out, stderr=subprocess.STDOUT, timeout=self.timeout_s)
+                code = proc.returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        fresh = record_file.exists() and record_file.stat().st_mtime_ns != before
+        if fresh:
+            return store.read_record(record_file)
+        # The worker died before writing (killed, segfault, timeout): record that, with its log.
+        from lmreport.device import environment
+        error = f"worker exited with {code} before writing a record; log: {log}"
+        status = "oom" if _log_mentions_oom(log) else "error"
+        record = store.make_record(c.section, c.name, c.config, environment("cpu"), status, error=error,
+                                   artifacts={"log": log.name}, started_at=started,
+                                   duration_s=time.perf_counter() - t0)
+        store.write_record(record_file, record)
+        return record
+
+
+def _log_mentions_oom(log: Path) -> bool:
+    try:
+        return "out of memory" in log.read_text(errors="replace")[-20000:].lower()
+    except OSError:
+        return False
+
+
+EXECUTORS: dict[str, Callable[[], object]] = {
+    "inline": InlineExecutor,
+    "subprocess": SubprocessExecutor,
+}
+
+
+def default_executor() -> str:
+    from lmreport.device import cuda_available
+    return "subprocess" if cuda_available() else "inline"
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    counts: Counter = field(default_factory=Counter)  # status -> cells (plus "cached")
+    records: list[dict] = field(default_factory=list)
+
+
+def filter_cells(cells: Iterable[Cell], filters: dict[str, list]) -> list[Cell]:
+    """Keep cells whose config matches every filter (values compared as strings)."""
+    def keep(c: Cell) -> bool:
+        return all(str(c.config.get(k)) in {str(v) for v in vals} for k, vals in filters.items() if vals)
+    return [c for c in cells if keep(c)]
+
+
+def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str = "inline",
+              rerun: bool = False, progress: bool = True) -> SweepResult:
+    result = SweepResult()
+    todo = []
+    for c in cells:
+        path = store.record_path(runs_dir, run, c.section, c.name)
+        if not rerun and store.is_ok(path):
+            result.counts["cached"] += 1
+        else:
+            todo.append((c, path))
+    if not todo:
+        return result
+    ex = EXECUTORS[executor]()
+    from tqdm import tqdm
+    bar = tqdm(todo, desc=todo[0][0].section, unit="cell", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    with _sigterm_as_interrupt():
+        for c, path in bar:
+            bar.set_postfix_str(c.name, refresh=True)
+            record = ex.run(c, path)
+            result.counts[record["status"]] += 1
+            result.records.append(record)
+            if record["status"] != "ok":
+                bar.write(f"  {c.name}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
+    return result
+
+
+class _sigterm_as_interrupt:
+    """A kill (SIGTERM) stops the sweep like Ctrl-C: the running cell writes nothing."""
+
+    def __enter__(self):
+        self.old = None
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not in the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def _worker_main(argv: list[str]) -> int:
+    """Entry of the subprocess executor: python -m lmreport.runner CELL_JSON RECORD_PATH."""
+    c = Cell.from_json(argv[0])
+    record = execute_cell(c, Path(argv[1]))
+    return 0 if record["status"] in ("ok", "skipped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

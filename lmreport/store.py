@@ -1,0 +1,140 @@
+"""Records: one JSON file per sweep cell, written atomically, loaded leniently.
+
+Layout: runs/<edition>-<profile>/<section>/<cell>.json, artifacts beside the record in
+runs/<edition>-<profile>/<section>/<cell>/. A record is never half-written: it goes to a
+temporary file in the same folder, is flushed and fsynced, then renamed over the target
+(os.replace is atomic on POSIX). Loaders skip unreadable files with a warning, as
+pytest-benchmark does, so one bad file never hides the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from lmreport.errors import InputFileError
+
+SCHEMA = 1
+STATUSES = ("ok", "oom", "error", "skipped")
+REQUIRED_KEYS = ("schema", "section", "cell", "config", "status", "metrics")
+
+
+def run_name(edition: int, profile: str) -> str:
+    return f"{edition}-{profile}"
+
+
+def record_path(runs_dir: Path, run: str, section: str, cell: str) -> Path:
+    return Path(runs_dir) / run / section / f"{cell}.json"
+
+
+def artifacts_dir(record_file: Path) -> Path:
+    return record_file.with_suffix("")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_record(section: str, cell: str, config: dict, environment: dict, status: str,
+                metrics: dict | None = None, artifacts: dict | None = None, error: str | None = None,
+                started_at: str | None = None, duration_s: float = 0.0) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {STATUSES}")
+    return {"schema": SCHEMA, "section": section, "cell": cell, "config": config,
+            "environment": environment, "status": status, "error": error,
+            "metrics": metrics or {}, "artifacts": artifacts or {},
+            "started_at": started_at or now_iso(), "duration_s": round(duration_s, 3)}
+
+
+def write_record(path: Path, record: dict) -> Path:
+    """Write atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(o: Any):
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def read_record(path: Path) -> dict:
+    """Read one record; a file that is not a record raises InputFileError naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InputFileError(path, "not a text file, so not a record") from None
+    except json.JSONDecodeError as e:
+        raise InputFileError(path, f"not valid JSON ({e.msg} at line {e.lineno}); delete it and rerun the cell") from None
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
+        raise InputFileError(path, f"not an lmreport record (needs keys {', '.join(REQUIRED_KEYS)})")
+    if data["schema"] != SCHEMA:
+        raise InputFileError(path, f"record schema {data['schema']} is not {SCHEMA}")
+    if data["status"] not in STATUSES:
+        raise InputFileError(path, f"unknown status {data['status']!r}")
+    data["_path"] = str(path)
+    return data
+
+
+def is_ok(path: Path) -> bool:
+    """True when a readable record with status ok exists at path (resume skips it)."""
+    try:
+        return read_record(path)["status"] == "ok"
+    except (OSError, InputFileError):
+        return False
+
+
+def load_records(runs_dir: Path) -> list[dict]:
+    """Every readable record under runs_dir; unreadable files are skipped with a warning."""
+    out = []
+    for path in sorted(Path(runs_dir).rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            out.append(read_record(path))
+        except (OSError, InputFileError) as e:
+            warnings.warn(f"skipped {e}", stacklevel=2)
+    return out
+
+
+def select(records: Iterable[dict], edition: int | None = None, profile: str | None = None) -> list[dict]:
+    """One record per (section, cell): the newest ok one, else the newest of any status.
+
+    Records from several machines merge this way (copy their folders under runs/).
+    """
+    best: dict[tuple[str, str], dict] = {}
+    for r in records:
+        cfg = r.get("config", {})
+        if edition is not None and cfg.get("edition") not in (None, edition):
+            continue
+        if profile is not None and cfg.get("profile") not in (None, profile):
+            continue
+        key = (r["section"], r["cell"])
+        cur = best.get(key)
+        if cur is None or _rank(r) > _rank(cur):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: (r["section"], r["cell"]))
+
+
+def _rank(r: dict) -> tuple[bool, str]:
+    return (r["status"] == "ok", r.get("started_at") or "")

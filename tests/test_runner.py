@@ -1,0 +1,113 @@
+"""The runner: failures are data, sweeps resume, a kill leaves no corrupt or false record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import pytest
+import torch
+
+from lmreport import runner, store
+from lmreport.presets import resolve
+
+PLAN = runner.Plan(*resolve("cpu", 2025, False))
+
+
+def fake_section(run_cell):
+    mod = types.SimpleNamespace(run_cell=run_cell)
+    return types.SimpleNamespace(experiment_module=lambda: mod)
+
+
+def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    def run_cell(c, artifacts):
+        if c.config["size"] == "big":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if c.config["size"] == "bad":
+            raise ValueError("broken input")
+        return {"metrics": {"forward_ms": {"mean": 1.5, "std": 0.1, "n": 3}}}
+
+    monkeypatch.setattr("lmreport.sections.get", lambda name: fake_section(run_cell))
+    cells = [runner.cell(PLAN, "fake", f"c-{s}", size=s) for s in ("a", "big", "bad", "b")]
+    res = runner.run_sweep(cells, tmp_path, PLAN.run, progress=False)
+    assert res.counts == {"ok": 2, "oom": 1, "error": 1}
+    big = store.read_record(store.record_path(tmp_path, PLAN.run, "fake", "c-big"))
+    assert big["status"] == "oom" and "out of memory" in big["error"]
+    bad = store.read_record(store.record_path(tmp_path, PLAN.run, "fake", "c-bad"))
+    assert bad["status"] == "error" and bad["error"] == "ValueError: broken input"
+    assert bad["config"]["edition"] == 2025 and bad["environment"]["device"].startswith("CPU")
+
+    # A rerun skips ok cells and retries the others.
+    res2 = runner.run_sweep(cells, tmp_path, PLAN.run, progress=False)
+    assert res2.counts == {"cached": 2, "oom": 1, "error": 1}
+
+
+def test_filters_select_cells():
+    cells = [runner.cell(PLAN, "bench", f"{s}-{t}", size=s, ctx=t) for s in ("tiny", "mini") for t in (64, 128)]
+    assert [c.name for c in runner.filter_cells(cells, {"size": ["mini"], "ctx": ["128"]})] == ["mini-128"]
+
+
+def test_unmet_requirement_is_skipped_with_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr("lmreport.sections.get", lambda name: fake_section(lambda c, a: {}))
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
+    c = runner.cell(PLAN, "fake", "gpu-only", requires="cuda")
+    r = runner.execute_cell(c, tmp_path / "r.json")
+    assert r["status"] == "skipped" and "CUDA" in r["error"]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time, types
+    from pathlib import Path
+    from lmreport import runner
+    from lmreport.presets import resolve
+
+    def run_cell(c, artifacts):
+        if c.config["i"] == int(sys.argv[2]):
+            Path(sys.argv[3]).write_text("started")
+            time.sleep(60)  # killed here
+        return {"metrics": {"i": c.config["i"]}}
+
+    mod = types.SimpleNamespace(run_cell=run_cell)
+    import lmreport.sections
+    lmreport.sections.get = lambda name: types.SimpleNamespace(experiment_module=lambda: mod)
+    plan = runner.Plan(*resolve("cpu", 2025, False))
+    cells = [runner.cell(plan, "fake", f"c{i}", i=i) for i in range(5)]
+    res = runner.run_sweep(cells, Path(sys.argv[1]), plan.run, progress=False)
+    print(dict(res.counts))
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_sweep_resumes_without_redoing_ok_cells(tmp_path, sig):
+    script = tmp_path / "sweep.py"
+    script.write_text(KILL_SCRIPT)
+    marker = tmp_path / "started"
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, str(script), str(runs), "2", str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    folder = runs / PLAN.run / "fake"
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["c0.json", "c1.json"]  # no c2, no temp
+    # Resume: c0 and c1 are not redone; the rest run (c2 no longer sleeps: its index is not 2 now).
+    out = subprocess.run([sys.executable, str(script), str(runs), "99", str(marker)], capture_output=True,
+                         text=True, timeout=60)
+    assert "'cached': 2" in out.stdout and "'ok': 3" in out.stdout, out.stderr
+    assert all(store.read_record(folder / f"c{i}.json")["status"] == "ok" for i in range(5))
+
+
+def test_subprocess_executor_records_a_crashing_worker(tmp_path, monkeypatch):
+    """A worker that dies without writing (here: a cell of an unknown section) leaves an error record."""
+    c = runner.cell(PLAN, "accounting", "check-nonexistent", model="nope", family="gpt2", batch=1, ctx=8)
+    r = runner.SubprocessExecutor(timeout_s=120).run(c, tmp_path / "r.json")
+    assert r["status"] == "error"
+    assert store.read_record(tmp_path / "r.json")["status"] == "error"
