@@ -24,6 +24,11 @@ class SectionView:
     run: str  # folder name the run command writes to
     figures_dir: Path  # where plots go (build/figures)
     figures_rel: str = "figures"  # the same folder, relative to writeup.md
+    all_records: tuple[dict, ...] = ()  # the selected records of every section (cross-section answers)
+
+    def records_of(self, section: str) -> list[dict]:
+        """Another section's records, e.g. bench timings next to nsys totals."""
+        return [r for r in self.all_records if r["section"] == section]
 
     @property
     def ok(self) -> list[dict]:

@@ -63,7 +63,8 @@ def build_sections(records: list[dict], edition: Edition, profile: Profile, figu
     out = []
     run = store.run_name(edition.year, profile.name)
     for s in all_sections().values():
-        view = SectionView(s, [r for r in records if r["section"] == s.name], edition, profile, run, figures_dir)
+        view = SectionView(s, [r for r in records if r["section"] == s.name], edition, profile, run, figures_dir,
+                           all_records=tuple(records))
         try:
             ctx, template, status = s.report_module().build(view), s.template, "ok"
         except MissingRecords as e:

@@ -1,0 +1,71 @@
+"""Timing: w warm-up steps, then n measured steps, a device sync after each.
+
+CUDA kernels are launched asynchronously, so a step is timed from before its launch to
+after `synchronize`; without the sync one would time the launch, not the work. Warm-up is
+excluded (first calls pay for allocator growth, cuBLAS heuristics, compilation), and NVTX
+ranges mark warm-up and each measured step so profilers can filter them (nsys
+--capture-range=nvtx or filtering by range name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import nvtx
+
+from lmreport.device import synchronize
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Timings of n measured steps, in milliseconds."""
+
+    mean: float
+    std: float  # sample standard deviation (0 when n == 1)
+    median: float
+    min: float
+    max: float
+    n: int
+    samples: tuple[float, ...]
+
+    @staticmethod
+    def of(samples_ms: list[float]) -> "Stats":
+        n = len(samples_ms)
+        return Stats(mean=statistics.fmean(samples_ms), std=statistics.stdev(samples_ms) if n > 1 else 0.0,
+                     median=statistics.median(samples_ms), min=min(samples_ms), max=max(samples_ms), n=n,
+                     samples=tuple(samples_ms))
+
+    def to_metric(self) -> dict:
+        """The record form: {"mean", "std", "median", "min", "max", "n", "samples"} in ms."""
+        d = asdict(self)
+        d["samples"] = list(self.samples)
+        return d
+
+
+@contextlib.contextmanager
+def nvtx_range(name: str):
+    """An NVTX range (a no-op unless a profiler listens)."""
+    with nvtx.annotate(name):
+        yield
+
+
+def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int,
+               name: str = "step") -> Stats:
+    """Run `step` warmup times (NVTX "warmup"), then time `steps` calls (NVTX `name`) with a sync each."""
+    with nvtx_range("warmup"):
+        for _ in range(warmup):
+            step()
+            synchronize(device)
+    samples = []
+    for _ in range(steps):
+        with nvtx_range(name):
+            synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            synchronize(device)
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return Stats.of(samples)
