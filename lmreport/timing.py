@@ -69,3 +69,54 @@ def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int,
             synchronize(device)
             samples.append((time.perf_counter() - t0) * 1e3)
     return Stats.of(samples)
+
+
+class _PhaseClock:
+    """`with clock("forward"): ...` times one phase of a step (NVTX range, sync at both ends)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        with nvtx_range(name):
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            yield
+            synchronize(self.device)
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+def untimed_phase(name: str):
+    """The phase argument of a step that is not being timed (warm-up): no range, no sync."""
+    return contextlib.nullcontext()
+
+
+def time_phases(step: Callable[[Callable], object], device: str, warmup: int, steps: int,
+                name: str = "step") -> dict[str, Stats]:
+    """Like time_steps, for a step made of phases: {"step": Stats, "forward": Stats, ...}.
+
+    `step(phase)` runs one step and wraps each of its phases in `with phase("forward"):` etc.
+    Warm-up steps run inside one NVTX range "warmup" with untimed phases, so a profile's
+    "forward" ranges are exactly the `steps` measured ones. Each measured step is an NVTX
+    range `name` holding one range per phase; every phase ends with a device sync, so the
+    phases add up to the step (up to the cost of the syncs).
+    """
+    with nvtx_range("warmup"):
+        for _ in range(warmup):
+            step(untimed_phase)
+            synchronize(device)
+    totals: list[float] = []
+    phases: dict[str, list[float]] = {}
+    for _ in range(steps):
+        clock = _PhaseClock(device)
+        with nvtx_range(name):
+            synchronize(device)
+            t0 = time.perf_counter()
+            step(clock)
+            synchronize(device)
+            totals.append((time.perf_counter() - t0) * 1e3)
+        for k, v in clock.ms.items():
+            phases.setdefault(k, []).append(v)
+    return {name: Stats.of(totals), **{k: Stats.of(v) for k, v in phases.items()}}
