@@ -7,6 +7,7 @@ import json
 import sys
 import types
 import unicodedata
+from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
@@ -101,3 +102,15 @@ def test_strict_undefined_fails_loudly():
     env = render_mod.jinja_env()
     with pytest.raises(Exception, match="undefined"):
         env.from_string("{{ nothing.here }}").render()
+
+
+def test_provenance_names_device_and_flags_mixed_records():
+    from lmreport.presets import resolve
+    from lmreport.report.context import SectionView
+    from lmreport.sections import get
+    prof, ed = resolve("cpu", 2025, False)
+    recs = [{"environment": {"device": "NVIDIA A100", "host": "a"}}, {"environment": {"device": "NVIDIA H100", "host": "b"}}]
+    view = SectionView(get("accounting"), recs, ed, prof, "2025-cpu", Path("figs"))
+    p = view.provenance()
+    assert p["mixed"] and "Mixed devices" in p["line"] and "NVIDIA A100; NVIDIA H100" in p["line"] and "profile cpu" in p["line"]
+    assert not view.provenance(recs[:1])["mixed"] and view.provenance([])["line"].startswith("Formulas only")

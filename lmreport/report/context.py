@@ -49,6 +49,23 @@ class SectionView:
     def devices(self) -> list[str]:
         return sorted({r.get("environment", {}).get("device") or "unknown" for r in self.records})
 
+    def provenance(self, records: list[dict] | None = None) -> dict:
+        """Which device(s), host(s) and profile produced these records (default: the section's).
+
+        Every table says where its numbers come from; `line` is the sentence to print under a
+        table, and `mixed` is True when one table would hold numbers from different devices
+        (records merged from several machines), which the line then flags.
+        """
+        recs = self.records if records is None else records
+        env = [r.get("environment") or {} for r in recs]
+        devices = sorted({e.get("device") or "unknown" for e in env})
+        hosts = sorted({e.get("host") or "unknown" for e in env})
+        mixed = len(devices) > 1
+        where = "; ".join(devices) if devices else "no device (formulas only)"
+        line = (f"{'**Mixed devices:** ' if mixed else 'Device: '}{where} · host{'s' if len(hosts) > 1 else ''} "
+                f"{', '.join(hosts)} · profile {self.profile.name}") if recs else f"Formulas only · profile {self.profile.name}"
+        return {"devices": devices, "hosts": hosts, "profile": self.profile.name, "mixed": mixed, "line": line}
+
     def run_command(self) -> str:
         ed = "" if self.profile.edition else f" --edition {self.edition.year}"
         return f"lmreport run {self.section.name} --profile {self.profile.name}{ed}"
