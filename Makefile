@@ -33,9 +33,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# A cell that fails is data (shown as error/OOM in the writeup), so render even then; the exit
+# status still says that something failed.
 report: install
-	$(LMREPORT) run all $(ARGS)
-	$(LMREPORT) render $(ARGS)
+	@$(LMREPORT) run all $(ARGS); status=$$?; $(LMREPORT) render $(ARGS) && exit $$status
 
 render: install
 	$(LMREPORT) render $(ARGS)
