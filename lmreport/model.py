@@ -11,6 +11,7 @@ split its time (the profiling questions). `nvtx` ranges are no-ops without a pro
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import nvtx
@@ -49,6 +50,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).to(x.dtype)
 
 
+def _nvtx_range(name: str):
+    """An NVTX range in eager mode; nothing while torch.compile traces.
+
+    Dynamo cannot trace `nvtx.annotate` (a Cython context manager): each range would be a
+    graph break, so a compiled attention would run as eager fragments. Under compilation the
+    range is dropped, which leaves one graph (checked in tests/test_attention.py).
+    """
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return nvtx.annotate(name)
+
+
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k)) V with an optional boolean mask (True = attend).
@@ -56,15 +69,15 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     q, k: (..., T, d_k); v: (..., T, d_v). Materialises the (..., T, T) scores: the memory
     the attention section measures.
     """
-    with nvtx.annotate("scaled dot product attention"):
+    with _nvtx_range("scaled dot product attention"):
         d_k = q.shape[-1]
-        with nvtx.annotate("computing attention scores"):
+        with _nvtx_range("computing attention scores"):
             scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-        with nvtx.annotate("computing softmax"):
+        with _nvtx_range("computing softmax"):
             probs = torch.softmax(scores, dim=-1)
-        with nvtx.annotate("final matmul"):
+        with _nvtx_range("final matmul"):
             return probs @ v  # (..., T, d_v)
 
 
