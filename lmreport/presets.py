@@ -153,6 +153,11 @@ class Profile:
     warmup_steps: int = 5
     measure_steps: int = 10
     extra_models: dict[str, ModelConfig] = field(default_factory=dict)
+    bench_modes: tuple[str, ...] = ("forward", "forward_backward", "train")  # modes of the bench grid
+    bench_dtypes: tuple[str, ...] = ("fp32", "bf16")  # precisions of the bench grid (bf16 = autocast)
+    warmup_ablation: tuple[int, ...] = (0, 1, 2, 5)  # warm-up counts of the B-c ablation (smallest context)
+    compile_sizes: tuple[str, ...] = ()  # sizes timed eager vs torch.compile (C-b); empty: every size
+    compile_contexts: tuple[int, ...] = ()  # contexts of the compile comparison; empty: the bench contexts
 
     def models(self, ed: Edition) -> dict[str, ModelConfig]:
         """Size name -> config for this profile (the edition's table plus profile-only sizes)."""
@@ -169,7 +174,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu", device="cpu",
         description="small sizes and short contexts for a CPU; full-size memory by estimation",
         sizes=("tiny", "mini"), contexts=(64, 128), warmup_steps=2, measure_steps=5,
-        extra_models=CPU_MODELS),
+        extra_models=CPU_MODELS, compile_sizes=("tiny",), compile_contexts=(64,)),
     "handout-2025": Profile(
         name="handout-2025", device="cuda", edition=2025,
         description="the 2025 handout: every size at contexts 128/256/512/1024"),
