@@ -112,6 +112,19 @@ def backward_flops(cfg: ModelConfig, batch: int = 1, ctx: int | None = None) -> 
     return 2 * forward_flops(cfg, batch, ctx)
 
 
+# Softmax over the attention scores, per element of the (B, h, T, T) score tensor: compare with
+# the row maximum, subtract it, exponentiate, add into the row sum, divide by the sum. Five
+# FLOPs, counting the exponential as one, a convention as 2mnp is for matmuls. The two
+# attention matmuls cost 2 d_k per score element each, so each is 2 d_k / 5 times the softmax.
+SOFTMAX_FLOPS_PER_SCORE = 5
+
+
+def attention_softmax_flops(cfg: ModelConfig, batch: int = 1, ctx: int | None = None) -> int:
+    """FLOPs of the softmax over the attention scores, all layers of one forward pass."""
+    t = ctx or cfg.context_length
+    return SOFTMAX_FLOPS_PER_SCORE * batch * cfg.num_heads * t * t * cfg.num_layers
+
+
 # AdamW per parameter element, as the course writes it (Loshchilov & Hutter, Alg. 2):
 # the bias-corrected step size alpha_t is one scalar per step and not counted per element.
 ADAMW_OPS_PER_PARAMETER = (
@@ -238,3 +251,114 @@ def residual_activation_bytes(batch: int, ctx: int, d_model: int, bytes_per_valu
 
 def edition_gpt2_xl(ed: Edition) -> ModelConfig:
     return ed.gpt2["GPT-2 XL"]
+
+
+# --- attention scaling study (attention section: At-a, C-a) ---------------------------------
+#
+# The handout's benchmark: one attention without a head dimension, Q, K, V of shape (B, T, d)
+# in fp32 (d is the symbol D), and, for the model's own attention, the causal mask as
+# TransformerLM.forward builds it: a (T, T) bool tensor, 1 byte per element. Each term is one
+# tensor; tests/test_attention.py checks the "saved" terms against the storages autograd keeps
+# (saved_tensors_hooks) and the live totals against a tracker of live operator outputs.
+
+BOOL_BYTES = 1
+ATTN_SAVED = "saved for backward"
+ATTN_IN_USE = "also in use before backward"
+ATTN_BACKWARD = "added at the backward peak"
+ATTN_GROUPS = (ATTN_SAVED, ATTN_IN_USE, ATTN_BACKWARD)
+ATTN_END = "live when backward ends"
+
+
+@dataclass(frozen=True)
+class MemoryTerm:
+    name: str
+    group: str  # one of ATTN_GROUPS
+    bytes: sp.Expr  # in B, T and D
+
+
+def attention_memory_terms(fused: bool = False) -> tuple[MemoryTerm, ...]:
+    """Bytes of each tensor of one attention forward + backward, by when it is live.
+
+    Eager (lmreport.model.scaled_dot_product_attention with the causal mask): the product
+    Q K^T saves Q and K, not its output; the division by sqrt(d) saves only the scalar; the
+    masked_fill saves the negated mask; softmax saves its output P, which P V saves again
+    (one storage). So the T x T scores are not kept, P is. During backward, the gradient of P
+    and that of the scores are live at the same time as P (softmax's backward needs P, dP and
+    writes dS): that moment holds three T x T matrices. When T is not much larger than d, the
+    peak is rather the end of backward (`attention_end_of_backward_terms`).
+
+    Fused (FlashAttention-2, Dao 2023, Algorithms 1-2; the memory-efficient kernel alike): the
+    scores are computed tile by tile in on-chip memory and never written; the kernel keeps
+    the output O and one log-sum-exp per row, and its backward recomputes P tile by tile.
+    Nothing of size T^2 is stored.
+    """
+    f = FP32_BYTES
+    if fused:
+        return (
+            MemoryTerm("Q, K, V (inputs of the fused kernel)", ATTN_SAVED, f * 3 * B * T * D),
+            MemoryTerm("output O", ATTN_SAVED, f * B * T * D),
+            MemoryTerm("log-sum-exp of each score row", ATTN_SAVED, f * B * T),
+            MemoryTerm("gradient of the output dO", ATTN_IN_USE, f * B * T * D),
+        )
+    return (
+        MemoryTerm("Q and K, saved by the scores product Q Kᵀ", ATTN_SAVED, f * 2 * B * T * D),
+        MemoryTerm("V, saved by the product P V", ATTN_SAVED, f * B * T * D),
+        MemoryTerm("softmax output P, saved by softmax and by P V", ATTN_SAVED, f * B * T**2),
+        MemoryTerm("negated causal mask, saved by masked_fill", ATTN_SAVED, BOOL_BYTES * T**2),
+        MemoryTerm("causal mask (bool)", ATTN_IN_USE, BOOL_BYTES * T**2),
+        MemoryTerm("output O", ATTN_IN_USE, f * B * T * D),
+        MemoryTerm("gradient of the output dO", ATTN_IN_USE, f * B * T * D),
+        MemoryTerm("gradient of V", ATTN_BACKWARD, f * B * T * D),
+        MemoryTerm("gradient of P", ATTN_BACKWARD, f * B * T**2),
+        MemoryTerm("gradient of the scores", ATTN_BACKWARD, f * B * T**2),
+    )
+
+
+def attention_end_of_backward_terms() -> tuple[MemoryTerm, ...]:
+    """Eager: what is live as the last gradient lands, once every T x T tensor is freed.
+
+    The gradient of K comes out of Q K^T's backward transposed; AccumulateGrad copies it into
+    K's contiguous layout (the gradient layout contract, torch/csrc/autograd/functions/
+    accumulate_grad.h), so for a moment it exists twice.
+    """
+    f = FP32_BYTES
+    return (
+        MemoryTerm("Q, K, V", ATTN_END, f * 3 * B * T * D),
+        MemoryTerm("causal mask (bool)", ATTN_END, BOOL_BYTES * T**2),
+        MemoryTerm("output O and its gradient dO", ATTN_END, f * 2 * B * T * D),
+        MemoryTerm("gradients of Q, K, V", ATTN_END, f * 3 * B * T * D),
+        MemoryTerm("transposed gradient of K, before its contiguous copy", ATTN_END, f * B * T * D),
+    )
+
+
+def attention_memory_exprs(fused: bool = False) -> dict[str, sp.Expr]:
+    """Bytes: saved for backward, in use before backward, and (eager) the backward peak.
+
+    The peak is the larger of two moments: softmax's backward (three T x T matrices live) and
+    the end of backward (only (B, T, d) tensors and the mask).
+    """
+    terms = attention_memory_terms(fused)
+
+    def upto(groups):
+        return sp.expand(sum(t.bytes for t in terms if t.group in groups))
+
+    out = {"saved": upto(ATTN_GROUPS[:1]), "in_use_before_backward": upto(ATTN_GROUPS[:2])}
+    if not fused:
+        out["softmax_backward_live"] = upto(ATTN_GROUPS)
+        out["end_of_backward_live"] = sp.expand(sum(t.bytes for t in attention_end_of_backward_terms()))
+        out["backward_peak"] = sp.Max(out["softmax_backward_live"], out["end_of_backward_live"])
+    return out
+
+
+def _attention_values(batch: int, seq_len: int, d: int) -> dict[sp.Symbol, int]:
+    return {B: batch, T: seq_len, D: d}
+
+
+def attention_memory_bytes(batch: int, seq_len: int, d: int, fused: bool = False) -> dict[str, int]:
+    vals = _attention_values(batch, seq_len, d)
+    return {k: int(e.subs(vals)) for k, e in attention_memory_exprs(fused).items()}
+
+
+def attention_term_bytes(batch: int, seq_len: int, d: int, fused: bool = False) -> list[tuple[MemoryTerm, int]]:
+    vals = _attention_values(batch, seq_len, d)
+    return [(t, int(t.bytes.subs(vals))) for t in attention_memory_terms(fused)]

@@ -1,0 +1,339 @@
+"""Attention section (At-a, C-a): timings or OOM per (d, T), memory against the formulas,
+eager against compiled, and why the fused kernel needs no T x T memory.
+
+Formulas (accounting.attention_memory_*) need no records, so the memory accounting and the
+out-of-memory answer always render (on an 80 GB GPU by formula when no GPU ran); the records
+of `lmreport run attention` add the measured rows, the comparisons and the plots.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import sympy as sp
+
+from lmreport import accounting as acc
+from lmreport.report import plots
+from lmreport.report.context import SectionView
+from lmreport.sections import Section
+
+SECTION = Section(
+    name="attention", title="Attention at scale: eager, compiled and fused", order=60,
+    experiment="lmreport.experiments.attention", report="lmreport.report.sections.attention",
+    summary="naive attention timings and memory per (d, T), torch.compile, fused SDPA, memory accounting")
+
+VARIANTS = ("eager", "compiled", "sdpa")
+VARIANT_LABELS = {"eager": "eager (model's attention)", "compiled": "torch.compile", "sdpa": "fused SDPA"}
+TOLERANCE = 0.10  # "measured within 10% of the formula"
+# The handout grid (the experiment module's HANDOUT_GRID, restated so rendering needs no torch).
+HANDOUT_BATCH, HANDOUT_D, HANDOUT_T = 8, (16, 32, 64, 128), (256, 1024, 4096, 8192, 16384)
+
+
+def _latex(expr: sp.Expr) -> str:
+    if isinstance(expr, sp.Max):
+        return r"\max\left(" + ", ".join(_latex(a) for a in expr.args) + r"\right)"
+    return sp.latex(sp.expand(expr), symbol_names=acc.SYMBOL_LATEX)
+
+
+def formula(batch: int, seq_len: int, d: int, variant: str) -> dict[str, int]:
+    """Formula bytes for a variant; the compiled one saves what eager saves (checked by its records)."""
+    return acc.attention_memory_bytes(batch, seq_len, d, fused=variant == "sdpa")
+
+
+def _ratio(measured, expected):
+    return measured / expected if measured is not None and expected else None
+
+
+def _mean(m: dict, key: str):
+    s = m.get(key)
+    return s.get("mean") if isinstance(s, dict) else None
+
+
+def _row(r: dict) -> dict:
+    """One record as a table row: config, status, timings, memory measured and by formula."""
+    c, m = r["config"], r.get("metrics") or {}
+    f = formula(c["batch"], c["seq_len"], c["d"], c["variant"])
+    in_use = m.get("allocated_before_backward_bytes", m.get("live_before_backward_bytes"))
+    peak = m.get("max_allocated_bytes", m.get("live_peak_bytes"))
+    row = {
+        "cell": r["cell"], "variant": c["variant"], "d": c["d"], "seq_len": c["seq_len"], "batch": c["batch"],
+        "status": r["status"], "error": r.get("error"), "source": c.get("source", "measured"),
+        "forward_ms": _mean(m, "forward_ms"), "forward_std_ms": (m.get("forward_ms") or {}).get("std"),
+        "backward_ms": _mean(m, "backward_ms"), "backward_std_ms": (m.get("backward_ms") or {}).get("std"),
+        "forward_median_ms": (m.get("forward_ms") or {}).get("median"),
+        "backward_median_ms": (m.get("backward_ms") or {}).get("median"),
+        "passes": (m.get("forward_ms") or {}).get("n"),
+        "saved_bytes": m.get("saved_bytes"), "saved_formula_bytes": f["saved"],
+        "in_use_bytes": in_use, "in_use_formula_bytes": f["in_use_before_backward"],
+        "in_use_source": "memory_allocated" if "allocated_before_backward_bytes" in m else (
+            "live tensors" if "live_before_backward_bytes" in m else None),
+        "peak_bytes": peak, "peak_formula_bytes": f.get("backward_peak"),
+        "first_pass_s": m.get("first_pass_s"),
+        "device_total_bytes": m.get("device_total_bytes"),
+    }
+    row["saved_ratio"] = _ratio(row["saved_bytes"], row["saved_formula_bytes"])
+    row["in_use_ratio"] = _ratio(in_use, row["in_use_formula_bytes"])
+    row["peak_ratio"] = _ratio(peak, row["peak_formula_bytes"])
+    return row
+
+
+def _within(ratio) -> bool:
+    return ratio is not None and abs(ratio - 1) <= TOLERANCE
+
+
+def _table(rows: list[dict], variant: str) -> list[dict]:
+    return sorted((r for r in rows if r["variant"] == variant), key=lambda r: (r["d"], r["seq_len"]))
+
+
+def _comparison(rows: list[dict], a: str = "eager", b: str = "compiled") -> list[dict]:
+    """Per (d, T): forward and backward of variant a and b, and a's median time over b's (b's speed-up).
+
+    Medians, not means: one pass slowed by another process on the machine moves a mean of a few
+    passes a lot and a median little.
+    """
+    index = {(r["variant"], r["d"], r["seq_len"]): r for r in rows}
+    keys = sorted({(r["d"], r["seq_len"]) for r in rows})
+    out = []
+    for d, t in keys:
+        ra, rb, rf = index.get((a, d, t)), index.get((b, d, t)), index.get(("sdpa", d, t))
+        if ra is None and rb is None:
+            continue
+        row = {"d": d, "seq_len": t, "a": ra, "b": rb, "fused": rf}
+        for phase in ("forward_ms", "backward_ms"):
+            median = phase.replace("_ms", "_median_ms")
+            ta, tb = (ra or {}).get(median), (rb or {}).get(median)
+            row[f"{phase}_speedup"] = ta / tb if ta and tb else None
+        out.append(row)
+    return out
+
+
+def _geomean(xs):
+    xs = [x for x in xs if x]
+    return math.exp(statistics.fmean(math.log(x) for x in xs)) if xs else None
+
+
+def _speedup_summary(comp: list[dict]) -> dict:
+    out = {}
+    for phase in ("forward_ms", "backward_ms"):
+        s = [r[f"{phase}_speedup"] for r in comp if r[f"{phase}_speedup"]]
+        if not s:
+            out[phase] = None
+            continue
+        largest = max((r for r in comp if r[f"{phase}_speedup"]), key=lambda r: (r["seq_len"], r["d"]))
+        out[phase] = {"geomean": _geomean(s), "min": min(s), "max": max(s), "n": len(s),
+                      "faster": sum(x > 1 for x in s), "largest": largest}
+    return out
+
+
+def _growth(rows: list[dict], key: str) -> list[dict]:
+    """Per d: how `key` grows from the second-largest to the largest T (log-log slope)."""
+    out = []
+    for d in sorted({r["d"] for r in rows}):
+        pts = sorted((r["seq_len"], r[key]) for r in rows if r["d"] == d and r.get(key))
+        if len(pts) < 2:
+            continue
+        (t0, m0), (t1, m1) = pts[-2], pts[-1]
+        out.append({"d": d, "t0": t0, "t1": t1, "m0": m0, "m1": m1, "factor": m1 / m0,
+                    "length_factor": t1 / t0, "slope": math.log(m1 / m0) / math.log(t1 / t0)})
+    return out
+
+
+def _term_rows(batch: int, seq_len: int, d: int, fused: bool = False) -> list[dict]:
+    return [{"name": t.name, "group": t.group, "latex": _latex(t.bytes), "bytes": n}
+            for t, n in acc.attention_term_bytes(batch, seq_len, d, fused)]
+
+
+def first_oom(budget_bytes: int, batch: int = HANDOUT_BATCH, ds=HANDOUT_D, seq_lens=HANDOUT_T,
+              extend_to: int = 1 << 22) -> dict:
+    """The smallest (T, then d) configuration whose eager backward peak exceeds budget_bytes.
+
+    Looks through the handout grid first; when all of it fits, doubles T beyond the grid, and
+    says so (`in_grid` False).
+    """
+    def peak(t, d):
+        return acc.attention_memory_bytes(batch, t, d)["backward_peak"]
+
+    for t in seq_lens:
+        for d in sorted(ds):
+            if peak(t, d) > budget_bytes:
+                return {"seq_len": t, "d": d, "in_grid": True}
+    t = max(seq_lens)
+    while t < extend_to:
+        t *= 2
+        d = min(ds)
+        if peak(t, d) > budget_bytes:
+            return {"seq_len": t, "d": d, "in_grid": False}
+    raise ValueError(f"no configuration up to T={extend_to} exceeds {budget_bytes} bytes")
+
+
+def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
+    """At-a's accounting of one of the smallest configurations that run out of memory.
+
+    If the eager sweep recorded OOM cells, the smallest of them on that device; otherwise an
+    80 GB GPU (the edition's budget) by formula.
+    """
+    ooms = sorted((r for r in eager_rows if r["status"] == "oom" and r["source"] == "measured"),
+                  key=lambda r: (r["seq_len"], r["d"]))
+    if ooms:
+        r = ooms[0]
+        batch, t, d = r["batch"], r["seq_len"], r["d"]
+        rec = next(x for x in view.records if x["cell"] == r["cell"])
+        budget = next((x["device_total_bytes"] for x in eager_rows if x.get("device_total_bytes")), None)
+        basis = {"kind": "measured", "device": (rec.get("environment") or {}).get("device"), "error": r["error"],
+                 "budget_bytes": budget, "in_grid": True}
+        prev = [x for x in eager_rows if x["d"] == d and x["seq_len"] < t and x["status"] == "ok"]
+    else:
+        budget = view.edition.memory_budget_bytes
+        found = first_oom(budget)
+        batch, t, d = HANDOUT_BATCH, found["seq_len"], found["d"]
+        basis = {"kind": "formula", "device": None, "error": None, "budget_bytes": budget, "in_grid": found["in_grid"]}
+        prev = []
+    totals = acc.attention_memory_bytes(batch, t, d)
+    fits = acc.attention_memory_bytes(batch, t // 2, d)
+    return {"batch": batch, "seq_len": t, "d": d, **basis, "terms": _term_rows(batch, t, d),
+            "end_terms": [{"name": x.name, "bytes": int(x.bytes.subs({acc.B: batch, acc.T: t, acc.D: d}))}
+                          for x in acc.attention_end_of_backward_terms()],
+            "totals": totals, "half": {"seq_len": t // 2, **fits},
+            "largest_grid_peak": acc.attention_memory_bytes(HANDOUT_BATCH, max(HANDOUT_T), max(HANDOUT_D))["backward_peak"],
+            "largest_grid_t": max(HANDOUT_T), "last_ok": max(prev, key=lambda x: x["seq_len"]) if prev else None,
+            "square_share": 4 * batch * t * t / totals["saved"]}
+
+
+def _legend(ax, ds, colors, styles, labels):
+    """Two short legends: colour = d, line style/marker = variant (instead of one entry per line)."""
+    from matplotlib.lines import Line2D
+    first = ax.legend([Line2D([], [], color=colors[d], lw=1.5) for d in ds], [f"d = {d}" for d in ds],
+                      loc="upper left", bbox_to_anchor=(1.0, 1.0), title="width", title_fontsize=6, fontsize=6)
+    ax.add_artist(first)
+    ax.legend([Line2D([], [], color="0.3", **kw) for kw in styles], labels, loc="lower left",
+              bbox_to_anchor=(1.0, 0.0), fontsize=6)
+
+
+def _plots(view: SectionView, rows: list[dict], estimated: list[dict]) -> dict:
+    """Log-log time and memory against T per d; returns Markdown paths (None when nothing to plot)."""
+    measured = [r for r in rows if r["status"] == "ok"]
+    out = {"time": None, "memory": None}
+    if not measured and not estimated:
+        return out
+    ds = sorted({r["d"] for r in measured + estimated})
+    colors = {d: f"C{i}" for i, d in enumerate(ds)}
+    styles = {"eager": "-", "compiled": "--", "sdpa": ":"}
+    markers = {"eager": "o", "compiled": "s", "sdpa": "^"}
+    device = "; ".join(view.provenance([r for r in view.records if r["config"].get("source") != "estimated"])["devices"])
+    if measured:
+        fig, axes = plots.new_figure(ncols=2, figsize=(7.2, 3.4), sharey=True)
+        for ax, phase, label in zip(axes, ("forward_median_ms", "backward_median_ms"), ("forward", "backward")):
+            for v in VARIANTS:
+                for d in ds:
+                    pts = sorted((r["seq_len"], r[phase]) for r in measured if r["variant"] == v and r["d"] == d and r[phase])
+                    if pts:
+                        ax.plot(*zip(*pts), styles[v], marker=markers[v], color=colors[d], ms=3, lw=1)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length T")
+            ax.set_title(f"{label} pass", fontsize=8)
+        axes[0].set_ylabel("median time per pass (ms)")
+        _legend(axes[1], ds, colors, [{"ls": styles[v], "marker": markers[v], "ms": 3} for v in VARIANTS],
+                [VARIANT_LABELS[v] for v in VARIANTS])
+        fig.suptitle(f"Attention time, batch {measured[0]['batch']} ({device})", fontsize=8)
+        path, out["time"] = view.figure_path("time.png")
+        plots.save(fig, path)
+    fig, ax = plots.new_figure(figsize=(6.4, 3.6))
+    for d in ds:
+        for v in ("eager", "sdpa"):
+            pts = sorted((r["seq_len"], r["saved_bytes"] / acc.MIB) for r in measured
+                         if r["variant"] == v and r["d"] == d and r["saved_bytes"])
+            if pts:
+                ax.plot(*zip(*pts), linestyle="none", marker=markers[v], color=colors[d], ms=4)
+        pts = sorted((r["seq_len"], r["saved_bytes"] / acc.MIB) for r in estimated if r["d"] == d and r["saved_bytes"])
+        if pts:
+            ax.plot(*zip(*pts), linestyle="none", marker="x", color=colors[d], ms=5)
+        ts = sorted({r["seq_len"] for r in measured + estimated if r["d"] == d})
+        if ts:
+            grid = [2 ** e for e in range(int(math.log2(min(ts))), int(math.log2(max(ts))) + 1)]
+            for v in ("eager", "sdpa"):
+                ax.plot(grid, [formula(HANDOUT_BATCH, t, d, v)["saved"] / acc.MIB for t in grid], styles[v],
+                        color=colors[d], lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("saved for backward (MiB)")
+    ax.set_title(f"Memory saved for backward, batch {HANDOUT_BATCH}", fontsize=8)
+    _legend(ax, ds, colors, [{"ls": "none", "marker": "o"}, {"ls": "none", "marker": "^"}, {"ls": "none", "marker": "x"},
+                             {"ls": "-"}, {"ls": ":"}],
+            ["eager, measured", "fused SDPA, measured", "eager, meta device", "eager formula", "fused formula"])
+    path, out["memory"] = view.figure_path("memory.png")
+    plots.save(fig, path)
+    return out
+
+
+def build(view: SectionView) -> dict:
+    rows = [_row(r) for r in view.records]
+    measured = [r for r in rows if r["source"] == "measured"]
+    estimated = sorted((r for r in rows if r["source"] == "estimated" and r["status"] == "ok"),
+                       key=lambda r: (r["d"], r["seq_len"]))
+    tables = {v: _table(measured, v) for v in VARIANTS}
+    checked = [r for r in measured + estimated if r["status"] == "ok"]
+    comp = _comparison(measured)
+    measured_records = [r for r in view.records if r["config"].get("source") != "estimated"]
+    estimated_records = [r for r in view.records if r["config"].get("source") == "estimated"]
+    ok_eager = [r for r in tables["eager"] if r["status"] == "ok"]
+    ok_fused = [r for r in tables["sdpa"] if r["status"] == "ok"]
+    fused_index = {(r["d"], r["seq_len"]): r for r in ok_fused}
+    longest = max((r["seq_len"] for r in ok_eager if (r["d"], r["seq_len"]) in fused_index), default=None)
+    removal_rows = [{"d": r["d"], "seq_len": r["seq_len"], "eager": r, "fused": fused_index[(r["d"], r["seq_len"])],
+                     "factor": r["saved_bytes"] / fused_index[(r["d"], r["seq_len"])]["saved_bytes"]}
+                    for r in ok_eager if r["seq_len"] == longest and r["saved_bytes"]
+                    and fused_index[(r["d"], r["seq_len"])]["saved_bytes"]]
+    compiled_ok = [r for r in tables["compiled"] if r["status"] == "ok"]
+    compile_times = [r["first_pass_s"] for r in compiled_ok if r["first_pass_s"] is not None]
+    devices = view.provenance(measured_records)["devices"] if measured_records else []
+    on_cuda = any(r["in_use_source"] == "memory_allocated" for r in measured)
+    exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs().items()}
+    fused_exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs(fused=True).items()}
+    return {
+        "grid": {"batch": HANDOUT_BATCH, "d": HANDOUT_D, "seq_len": HANDOUT_T},
+        "measured_grid": {"d": sorted({r["d"] for r in measured}), "seq_len": sorted({r["seq_len"] for r in measured}),
+                          "batch": measured[0]["batch"] if measured else None,
+                          "passes": next((r["passes"] for r in measured if r["passes"]), None)},
+        "has_measured": bool(measured),
+        "on_cuda": on_cuda,
+        "devices": devices,
+        "labels": VARIANT_LABELS,
+        "tables": tables,
+        "estimated": estimated,
+        "comparison": comp,
+        "speedup": _speedup_summary(comp),
+        "fused_speedup": _speedup_summary(_comparison(measured, "eager", "sdpa")),
+        "compile": {"first_s": max(compile_times) if compile_times else None,
+                    "rest_median_s": statistics.median(sorted(compile_times)[:-1]) if len(compile_times) > 1 else None,
+                    "cells": len(compile_times),
+                    "saved_same": all(r["saved_ratio"] and abs(r["saved_ratio"] - 1) <= TOLERANCE for r in compiled_ok)},
+        "checks": {"n": len([r for r in checked if r["saved_ratio"] is not None]),
+                   "within": sum(_within(r["saved_ratio"]) for r in checked),
+                   "in_use_n": sum(r["in_use_ratio"] is not None for r in checked),
+                   "in_use_within": sum(_within(r["in_use_ratio"]) for r in checked),
+                   "peak_n": sum(r["peak_ratio"] is not None for r in checked),
+                   "peak_within": sum(_within(r["peak_ratio"]) for r in checked),
+                   "worst": max((abs(r["saved_ratio"] - 1) for r in checked if r["saved_ratio"]), default=None)},
+        "tolerance": TOLERANCE,
+        "formulas": {"eager": exprs, "fused": fused_exprs,
+                     "eager_terms": [{"name": t.name, "group": t.group, "latex": _latex(t.bytes)}
+                                     for t in acc.attention_memory_terms()],
+                     "end_terms": [{"name": t.name, "latex": _latex(t.bytes)} for t in acc.attention_end_of_backward_terms()],
+                     "fused_terms": [{"name": t.name, "group": t.group, "latex": _latex(t.bytes)}
+                                     for t in acc.attention_memory_terms(fused=True)]},
+        "oom": _oom_answer(view, tables["eager"]),
+        "growth": {"measured": _growth(ok_eager, "saved_bytes"), "estimated": _growth(estimated, "saved_bytes"),
+                   "formula": [{"t": t, "bytes": formula(HANDOUT_BATCH, t, 16, "eager")["saved"]} for t in HANDOUT_T]},
+        "removal": {"measured": removal_rows,
+                    "handout": {"eager": formula(HANDOUT_BATCH, max(HANDOUT_T), 64, "eager"),
+                                "fused": formula(HANDOUT_BATCH, max(HANDOUT_T), 64, "sdpa"),
+                                "seq_len": max(HANDOUT_T), "d": 64}},
+        "figures": _plots(view, measured, estimated),
+        "provenance": {"measured": view.provenance(measured_records)["line"],
+                       "estimated": view.provenance(estimated_records)["line"]},
+        "run_command": view.run_command(),
+        "gpu_command": f"lmreport run attention --profile handout-{view.edition.year}",
+    }

@@ -1,0 +1,175 @@
+"""Attention section: the memory formulas against what autograd saves and what is live, the
+sweep through the real cell function on a tiny grid, OOM as a record, and the rendered section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmreport import accounting as acc
+from lmreport import runner, store
+from lmreport.experiments import attention as A
+from lmreport.model import scaled_dot_product_attention
+from lmreport.presets import resolve
+from lmreport.report import render as render_mod
+from lmreport.report.context import SectionView
+from lmreport.report.sections import attention as report
+from lmreport.saved_tensors import measure_saved_bytes
+from lmreport.sections import get
+
+PROFILE, ED25 = resolve("cpu", 2025, False)
+PLAN = runner.Plan(PROFILE, ED25)
+# DivBackward0 keeps the scalar 1/sqrt(d) as a 0-dim float64 tensor: the formula leaves out these 8 bytes.
+SCALAR_BYTES = 8
+
+
+@pytest.mark.parametrize("batch,seq_len,d", [(8, 64, 16), (2, 100, 24), (3, 16, 128), (8, 4096, 64), (8, 16384, 128)])
+def test_eager_formulas_equal_autograd_and_live_bytes_on_meta(batch, seq_len, d):
+    m = A.estimate({"batch": batch, "seq_len": seq_len, "d": d})["metrics"]
+    f = acc.attention_memory_bytes(batch, seq_len, d)
+    assert 0 <= m["saved_bytes"] - f["saved"] <= SCALAR_BYTES
+    assert m["saved_input_bytes"] == 3 * 4 * batch * seq_len * d  # Q, K, V themselves
+    assert 0 <= m["live_before_backward_bytes"] - f["in_use_before_backward"] <= SCALAR_BYTES
+    assert 0 <= m["live_peak_bytes"] - f["backward_peak"] <= SCALAR_BYTES
+    assert set(m["saved_bytes_by_node"]) >= {"SoftmaxBackward0", "MaskedFillBackward0"}
+
+
+def test_peak_is_the_larger_of_the_two_moments():
+    long_ = acc.attention_memory_bytes(8, 1024, 16)
+    short = acc.attention_memory_bytes(3, 16, 128)  # T < d: the end of backward is the peak
+    assert long_["backward_peak"] == long_["softmax_backward_live"] > long_["end_of_backward_live"]
+    assert short["backward_peak"] == short["end_of_backward_live"] > short["softmax_backward_live"]
+
+
+@pytest.mark.parametrize("batch,seq_len,d", [(8, 64, 16), (2, 96, 32)])
+def test_fused_formula_equals_what_the_fused_kernel_saves(batch, seq_len, d):
+    q, k, v, _ = A.random_qkv(batch, seq_len, d, "cpu")
+    out, saved = measure_saved_bytes(lambda: A.fused_attention(q, k, v), [q, k, v])
+    assert "ScaledDotProduct" in type(out.grad_fn.next_functions[0][0]).__name__  # a fused kernel, not the math path
+    assert saved.total_bytes == acc.attention_memory_bytes(batch, seq_len, d, fused=True)["saved"]
+
+
+def test_variants_compute_the_same_attention():
+    q, k, v, _ = A.random_qkv(2, 33, 8, "cpu")
+    eager = scaled_dot_product_attention(q, k, v, A.causal_mask(33, "cpu"))
+    torch.testing.assert_close(A.fused_attention(q, k, v), eager)
+
+
+def test_model_attention_compiles_to_one_graph():
+    q, k, v, _ = A.random_qkv(2, 16, 8, "cpu")
+    explained = torch._dynamo.explain(scaled_dot_product_attention)(q, k, v, A.causal_mask(16, "cpu"))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+def test_first_oom_by_formula():
+    budget = 80 * 10**9
+    found = report.first_oom(budget)
+    assert found == {"seq_len": 32768, "d": 16, "in_grid": False}  # the handout grid fits an 80 GB GPU
+    assert acc.attention_memory_bytes(8, 32768, 16)["backward_peak"] > budget
+    assert acc.attention_memory_bytes(8, 16384, 128)["backward_peak"] <= budget
+    small = report.first_oom(16 * 2**30)
+    assert small["in_grid"] and small["seq_len"] == 16384
+
+
+def test_cpu_profile_cells():
+    cells = A.cells(PLAN)
+    measured = [c for c in cells if c.config["source"] == "measured"]
+    assert {c.config["variant"] for c in measured} == set(A.VARIANTS)
+    assert len(measured) == 3 * len(A.CPU_GRID.d) * len(A.CPU_GRID.seq_len)
+    assert all(c.requires == "any" for c in cells)
+    assert len({c.name for c in cells}) == len(cells)
+    handout = runner.Plan(*resolve("handout-2025", None, False))
+    assert {c.requires for c in A.cells(handout) if c.config["source"] == "measured"} == {"cuda"}
+    assert max(c.config["seq_len"] for c in A.cells(handout)) == 16384
+
+
+TINY = A.Grid(batch=2, d=(8, 16), seq_len=(16, 32), warmup=1, passes=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The real cells (compiled included) on a tiny grid, through the runner, plus one OOM cell."""
+    runs = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(A, "CPU_GRID", TINY)
+        mp.setattr(A, "HANDOUT_GRID", A.Grid(batch=8, d=(16, 128), seq_len=(256, 16384), warmup=0, passes=0))
+        cells = A.cells(PLAN)
+        result = runner.run_sweep(cells, runs, PLAN.run, executor="inline", progress=False)
+        assert result.counts["ok"] == len(cells), result.records
+        # A cell that runs out of memory is a record, not a crash.
+        oom = runner.cell(PLAN, "attention", A.cell_name("eager", 16, 64), d=16, seq_len=64, batch=2,
+                          variant="eager", source="measured", warmup=1, passes=3)
+
+        def no_memory(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+        mp.setattr(A, "random_qkv", no_memory)
+        runner.run_sweep([oom], runs, PLAN.run, executor="inline", progress=False)
+    return runs
+
+
+def _records(runs: Path) -> list[dict]:
+    return store.select(store.load_records(runs), ED25.year, PROFILE.name)
+
+
+def test_sweep_records_measure_time_and_memory(tiny_runs):
+    recs = {r["cell"]: r for r in _records(tiny_runs)}
+    for variant in A.VARIANTS:
+        m = recs[A.cell_name(variant, 16, 32)]["metrics"]
+        assert m["forward_ms"]["n"] == m["backward_ms"]["n"] == TINY.passes
+        assert m["forward_ms"]["mean"] > 0 and m["backward_ms"]["mean"] > 0
+        f = acc.attention_memory_bytes(2, 32, 16, fused=variant == "sdpa")
+        assert abs(m["saved_bytes"] / f["saved"] - 1) < 0.10  # the Must-show tolerance
+    eager = recs[A.cell_name("eager", 16, 32)]["metrics"]
+    assert eager["live_before_backward_bytes"] == acc.attention_memory_bytes(2, 32, 16)["in_use_before_backward"]
+    compiled = recs[A.cell_name("compiled", 8, 16)]["metrics"]
+    assert compiled["compile_dynamic"] is True and compiled["first_pass_s"] > 0
+    # One dynamic-shape compilation serves the later shapes: their first pass is no compilation.
+    later = [recs[A.cell_name("compiled", d, t)]["metrics"]["first_pass_s"] for d, t in ((8, 32), (16, 16), (16, 32))]
+    assert max(later) < compiled["first_pass_s"]
+    oom = recs[A.cell_name("eager", 16, 64)]
+    assert oom["status"] == "oom" and "during setup" in oom["error"]
+
+
+def _view(runs: Path, tmp_path: Path) -> SectionView:
+    section = get("attention")
+    recs = [r for r in _records(runs) if r["section"] == "attention"]
+    return SectionView(section, recs, ED25, PROFILE, PLAN.run, tmp_path / "figures", all_records=tuple(recs))
+
+
+def test_section_shows_measured_rows_formulas_and_the_compiled_comparison(tiny_runs, tmp_path):
+    view = _view(tiny_runs, tmp_path)
+    ctx = report.build(view)
+    md = render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=ctx)
+    assert ctx["checks"]["n"] > 0 and ctx["checks"]["within"] == ctx["checks"]["n"]
+    eager = {(r["d"], r["seq_len"]): r for r in ctx["tables"]["eager"]}
+    row = eager[(16, 32)]
+    assert f"| 16 | 32 | {row['forward_ms']:.3g}" in md.replace(",", "")  # a measured row with its timing
+    assert "| 16 | 64 | **OOM** |" in md
+    assert view.provenance()["line"] in md
+    assert "## (b) torch.compile: compiled against eager" in md and "| 16 | 32 |" in md.split("## (b)")[1]
+    assert "32,768" in md  # smallest OOM by formula on an 80 GB GPU (no GPU ran)
+    assert (tmp_path / "figures" / "attention-time.png").stat().st_size > 0
+    assert (tmp_path / "figures" / "attention-memory.png").stat().st_size > 0
+
+
+def test_section_renders_formulas_without_records(tmp_path):
+    view = SectionView(get("attention"), [], ED25, PROFILE, PLAN.run, tmp_path / "figures")
+    md = render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view))
+    assert "No GPU ran this sweep" in md and "32,768" in md
+    assert "4 B T^{2} + 12 B T d + T^{2}" in md  # the saved-for-backward formula
+    assert "lmreport run attention --profile cpu --edition 2025" in md
+
+
+@pytest.mark.cuda
+def test_cuda_cell_allocated_memory_matches_the_formula(tmp_path):
+    c = runner.cell(PLAN, "attention", "eager-d64-T4096", requires="cuda", d=64, seq_len=4096, batch=8,
+                    variant="eager", source="measured", warmup=1, passes=2)
+    m = A.run_cell(c, tmp_path)["metrics"]
+    f = acc.attention_memory_bytes(8, 4096, 64)
+    inputs = 4 * 4 * 8 * 4096 * 64 + 4096**2  # Q, K, V, dO and the mask exist before the forward
+    grown = m["allocated_before_backward_bytes"] - m["allocated_before_forward_bytes"]
+    assert abs(grown / (f["in_use_before_backward"] - inputs) - 1) < 0.10
+    assert abs(m["max_allocated_bytes"] / f["backward_peak"] - 1) < 0.10
