@@ -79,4 +79,6 @@ def environment(device: str | None = None) -> dict:
         "git": git_info(),
         "host": socket.gethostname(),
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        # Which of the host's GPUs (set per worker by --executor local-gpus, and by Slurm).
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }

@@ -1,8 +1,12 @@
 """Runs the cells of a sweep through an executor and writes one record per cell.
 
 What to run comes from the experiment modules (cells); how to launch is the executor's
-business (inline in this process, one subprocess per cell, later Slurm); what a cell
-measures is the experiment's. A rerun skips cells whose record is `ok` and retries the rest.
+business (inline in this process, one subprocess per cell, one worker per local GPU in
+local_gpus.py, Slurm job arrays through submitit in slurm.py); what a cell measures is the
+experiment's. A rerun skips cells whose record is `ok` and retries the rest.
+
+Every executor ends in `execute_cell` in some process, so records are written the same way
+everywhere: atomically, into the shared runs/ folder, by the process that ran the cell.
 
 Failure is data: out-of-memory becomes status `oom`, any other exception `error` with its
 message, a cell the machine cannot run `skipped` with the reason. A record is written only
@@ -140,38 +144,75 @@ class InlineExecutor:
         return execute_cell(c, record_file)
 
 
+class WorkerProcess:
+    """One cell in a child process (`python -m lmreport.runner`), its output in worker.log beside the record.
+
+    The child writes the record itself; if it dies first (killed, segfault, timeout), `finish`
+    records that as `error` (or `oom` when the log says so) with the log's path.
+    """
+
+    def __init__(self, c: Cell, record_file: Path, env: dict | None = None):
+        self.cell, self.record_file = c, Path(record_file)
+        self.log = store.artifacts_dir(self.record_file) / "worker.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        # A record from an earlier run may exist; a fresh one has another mtime (no clock comparison).
+        self.before = self.record_file.stat().st_mtime_ns if self.record_file.exists() else None
+        self.started, self.t0 = store.now_iso(), time.perf_counter()
+        self._out = open(self.log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "lmreport.runner", c.to_json(), str(self.record_file)],
+                                     stdout=self._out, stderr=subprocess.STDOUT, env=env)
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self, timeout_s: float | None = None) -> int | str:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return "timeout"
+
+    def stop(self) -> None:
+        """Kill the child (Ctrl-C, timeout); it writes no record, and neither does `finish` then."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+    def finish(self, code: int | str | None = None) -> dict:
+        self._out.close()
+        code = self.proc.returncode if code is None else code
+        fresh = self.record_file.exists() and self.record_file.stat().st_mtime_ns != self.before
+        if fresh:
+            return store.read_record(self.record_file)
+        from lmreport.device import environment
+        error = f"worker exited with {code} before writing a record; log: {self.log}"
+        status = "oom" if _log_mentions_oom(self.log) else "error"
+        c = self.cell
+        record = store.make_record(c.section, c.name, c.config, environment("cpu"), status, error=error,
+                                   artifacts={"log": self.log.name}, started_at=self.started,
+                                   duration_s=time.perf_counter() - self.t0)
+        store.write_record(self.record_file, record)
+        return record
+
+
 class SubprocessExecutor:
     """One Python process per cell, so an OOM or a crash cannot poison later cells."""
 
     name = "subprocess"
 
-    def __init__(self, timeout_s: float | None = None):
+    def __init__(self, timeout_s: float | None = None, env: dict | None = None):
         self.timeout_s = timeout_s
+        self.env = env
 
     def run(self, c: Cell, record_file: Path) -> dict:
-        log = store.artifacts_dir(record_file) / "worker.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        before = record_file.stat().st_mtime_ns if record_file.exists() else None
-        started, t0 = store.now_iso(), time.perf_counter()
-        with open(log, "w") as out:
-            try:
-                proc = subprocess.run([sys.executable, "-m", "lmreport.runner", c.to_json(), str(record_file)],
-                                      stdout=out, stderr=subprocess.STDOUT, timeout=self.timeout_s)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
-        fresh = record_file.exists() and record_file.stat().st_mtime_ns != before
-        if fresh:
-            return store.read_record(record_file)
-        # The worker died before writing (killed, segfault, timeout): record that, with its log.
-        from lmreport.device import environment
-        error = f"worker exited with {code} before writing a record; log: {log}"
-        status = "oom" if _log_mentions_oom(log) else "error"
-        record = store.make_record(c.section, c.name, c.config, environment("cpu"), status, error=error,
-                                   artifacts={"log": log.name}, started_at=started,
-                                   duration_s=time.perf_counter() - t0)
-        store.write_record(record_file, record)
-        return record
+        worker = WorkerProcess(c, record_file, env=self.env)
+        try:
+            code = worker.wait(self.timeout_s)
+        except BaseException:  # Ctrl-C or SIGTERM: the cell was not finished, so no record
+            worker.stop()
+            raise
+        return worker.finish(code)
 
 
 def _log_mentions_oom(log: Path) -> bool:
@@ -181,9 +222,23 @@ def _log_mentions_oom(log: Path) -> bool:
         return False
 
 
-EXECUTORS: dict[str, Callable[[], object]] = {
+def _local_gpus_executor(**options):
+    from lmreport.local_gpus import LocalGpusExecutor
+    return LocalGpusExecutor(**options)
+
+
+def _slurm_executor(**options):
+    from lmreport.slurm import SubmititExecutor
+    return SubmititExecutor(**options)
+
+
+# Name -> factory. An executor has `run(cell, record_file) -> record`, or, when it runs many cells
+# at once, `run_many(todo, finished) -> Counter` calling finished(cell, record) per finished cell.
+EXECUTORS: dict[str, Callable[..., object]] = {
     "inline": InlineExecutor,
     "subprocess": SubprocessExecutor,
+    "local-gpus": _local_gpus_executor,  # one worker per visible GPU (local_gpus.py)
+    "slurm": _slurm_executor,  # job arrays through submitit (slurm.py)
 }
 
 
@@ -208,8 +263,9 @@ def filter_cells(cells: Iterable[Cell], filters: dict[str, list]) -> list[Cell]:
     return [c for c in cells if keep(c)]
 
 
-def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str = "inline",
+def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | object = "inline",
               rerun: bool = False, progress: bool = True) -> SweepResult:
+    """Run the cells that have no ok record (all with rerun) through an executor (a name or an instance)."""
     result = SweepResult()
     todo = []
     for c in cells:
@@ -220,18 +276,28 @@ def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str = "inli
             todo.append((c, path))
     if not todo:
         return result
-    ex = EXECUTORS[executor]()
+    ex = EXECUTORS[executor]() if isinstance(executor, str) else executor
     from tqdm import tqdm
-    bar = tqdm(todo, desc=todo[0][0].section, unit="cell", disable=not progress, file=sys.stderr,
+    bar = tqdm(total=len(todo), desc=todo[0][0].section, unit="cell", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
+
+    def finished(c: Cell, record: dict) -> None:
+        bar.update(1)
+        result.counts[record["status"]] += 1
+        result.records.append(record)
+        if record["status"] != "ok":
+            bar.write(f"  {c.name}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
+
     with _sigterm_as_interrupt():
-        for c, path in bar:
-            bar.set_postfix_str(c.name, refresh=True)
-            record = ex.run(c, path)
-            result.counts[record["status"]] += 1
-            result.records.append(record)
-            if record["status"] != "ok":
-                bar.write(f"  {c.name}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
+        try:
+            if hasattr(ex, "run_many"):
+                result.counts.update(ex.run_many(todo, finished))
+            else:
+                for c, path in todo:
+                    bar.set_postfix_str(c.name, refresh=True)
+                    finished(c, ex.run(c, path))
+        finally:
+            bar.close()
     return result
 
 
