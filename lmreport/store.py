@@ -108,7 +108,9 @@ def load_records(runs_dir: Path) -> list[dict]:
     """Every readable record under runs_dir; unreadable files are skipped with a warning."""
     out = []
     for path in sorted(Path(runs_dir).rglob("*.json")):
-        if path.name.startswith("."):
+        # Temp files (.name.tmp) and hidden folders such as the Slurm job folder runs/<run>/.slurm/
+        # hold no records.
+        if any(part.startswith(".") for part in path.relative_to(runs_dir).parts):
             continue
         try:
             out.append(read_record(path))

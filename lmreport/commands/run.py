@@ -1,28 +1,85 @@
-"""lmreport run SECTION|all: run a section's sweep, one record per cell."""
+"""lmreport run SECTION|all: run a section's sweep, one record per cell.
+
+Executors: inline (this process), subprocess (a process per cell), local-gpus (a worker per
+visible GPU, in parallel) and slurm (a job array per section through submitit). With slurm,
+every section is submitted first, then the command waits for all jobs with one progress bar
+(or returns at once with --no-wait; `lmreport status` follows the jobs, and rerunning the same
+command resubmits only what has no ok record and no job in flight, then waits again).
+"""
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from pathlib import Path
 
 from lmreport.commands._common import add_plan_arguments, resolve_plan
+from lmreport.errors import UserError
 
 ORDER = 10
 FILTER_KEYS = ("size", "ctx", "mode", "dtype")
+# flag -> key of lmreport-slurm.toml
+SLURM_FLAGS = {"partition": "partition", "account": "account", "time": "time", "gpus_per_job": "gpus_per_job",
+               "cpus_per_job": "cpus_per_job", "mem_gb": "mem_gb", "cluster": "cluster"}
 
 
 def register(sub) -> None:
+    from lmreport.runner import EXECUTORS
     from lmreport.sections import all_sections
     p = sub.add_parser("run", help="run a section's experiments (or all) and write records")
     p.add_argument("section", help=f"one of: {', '.join(all_sections())}, or all")
     add_plan_arguments(p)
-    p.add_argument("--executor", choices=("inline", "subprocess"),
+    p.add_argument("--executor", choices=tuple(EXECUTORS),
                    help="how cells run (default: subprocess with CUDA, inline without)")
     p.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for key in FILTER_KEYS:
         p.add_argument(f"--{key}", action="append", metavar=key.upper(),
                        help=f"only cells with this {key} (repeatable)")
+    g = p.add_argument_group("local-gpus executor")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="parallel workers (default: one per visible GPU; without GPUs, N CPU workers)")
+    s = p.add_argument_group("slurm executor (flags override lmreport-slurm.toml)")
+    s.add_argument("--slurm-config", type=Path, metavar="FILE",
+                   help="TOML settings (default: ./lmreport-slurm.toml when present)")
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--time", metavar="LIMIT", help="per job: minutes or [D-]HH:MM:SS")
+    s.add_argument("--gpus-per-job", type=int, metavar="N")
+    s.add_argument("--cpus-per-job", type=int, metavar="N")
+    s.add_argument("--mem-gb", type=float, metavar="GB")
+    s.add_argument("--cluster", choices=("slurm", "local"),
+                   help="local: run the jobs as local processes through submitit, as Slurm would")
+    s.add_argument("--no-wait", action="store_true", help="return after submitting; follow with `lmreport status`")
     p.set_defaults(func=main)
+
+
+def _time_flag(value: str | None):
+    return int(value) if value is not None and value.strip().isdigit() else value
+
+
+def make_executor(args, executor: str):
+    """The executor object, its options checked against the flags given."""
+    slurm_flags = {key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag) is not None}
+    if executor != "slurm" and (slurm_flags or args.no_wait or args.slurm_config):
+        given = [f"--{f.replace('_', '-')}" for f in [*SLURM_FLAGS, "no_wait", "slurm_config"] if getattr(args, f)]
+        raise UserError(f"{', '.join(given)} only apply to --executor slurm")
+    if executor != "local-gpus" and args.workers is not None:
+        raise UserError("--workers only applies to --executor local-gpus")
+    if executor == "slurm":
+        from lmreport.slurm import SlurmConfig, SubmititExecutor
+        if "time" in slurm_flags:
+            slurm_flags["time"] = _time_flag(slurm_flags["time"])
+        # Sections are all submitted first; the command waits once for all of them.
+        return SubmititExecutor(SlurmConfig.load(args.slurm_config, slurm_flags), wait=False)
+    if executor == "local-gpus":
+        from lmreport.local_gpus import LocalGpusExecutor
+        return LocalGpusExecutor(workers=args.workers)
+    return executor
+
+
+def _summary(counts: Counter) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no cells"
 
 
 def main(args) -> int:
@@ -33,13 +90,41 @@ def main(args) -> int:
     plan = runner.Plan(profile, edition)
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
     executor = args.executor or runner.default_executor()
+    ex = make_executor(args, executor)
     filters = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k)}
     failed = 0
+    per_section: dict[str, Counter] = {}
     for name in names:
         cells = runner.filter_cells(get(name).experiment_module().cells(plan), filters)
-        res = runner.run_sweep(cells, args.runs_dir, plan.run, executor=executor, rerun=args.rerun,
-                               progress=not args.no_progress)
-        counts = ", ".join(f"{n} {k}" for k, n in sorted(res.counts.items())) or "no cells"
-        print(f"{name}: {counts} -> {args.runs_dir / plan.run / name}", file=sys.stderr)
+        # With slurm, run_sweep only submits; the wait below has the progress bar.
+        res = runner.run_sweep(cells, args.runs_dir, plan.run, executor=ex, rerun=args.rerun,
+                               progress=not args.no_progress and executor != "slurm")
+        per_section[name] = res.counts
+        print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}", file=sys.stderr)
         failed += res.counts["error"]
-    return 1 if failed else 0
+    if executor != "slurm":
+        return 1 if failed else 0
+    return _after_submission(args, ex, per_section, plan)
+
+
+def _after_submission(args, ex, per_section: dict[str, Counter], plan) -> int:
+    waiting = len(ex.pending)
+    folder = args.runs_dir / plan.run / ".slurm"
+    if not waiting:
+        return 0
+    if args.no_wait:
+        print(f"{waiting} cells submitted or in flight (job folder {folder}); `lmreport status` follows them, "
+              f"`lmreport render` once they are done", file=sys.stderr)
+        return 0
+    try:
+        records = ex.wait(progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"lmreport: stopped waiting; the jobs go on (job folder {folder}): `lmreport status` follows them, "
+              "the same command waits for them again", file=sys.stderr)
+        return 130
+    done: dict[str, Counter] = {}
+    for r in records:
+        done.setdefault(r["section"], Counter())[r["status"]] += 1
+    for name, counts in done.items():
+        print(f"{name}: jobs finished: {_summary(counts)}", file=sys.stderr)
+    return 1 if any(c["error"] for c in done.values()) else 0
