@@ -71,7 +71,7 @@ def build_sections(records: list[dict], edition: Edition, profile: Profile, figu
             ctx = {"reason": str(e), "command": view.run_command()}
             template, status = "sections/_missing.md.j2", "missing"
         out.append({"name": s.name, "title": s.title, "template": template, "status": status,
-                    "devices": view.devices(), "ctx": ctx})
+                    "devices": view.devices(), "hosts": view.provenance()["hosts"], "ctx": ctx})
     return out
 
 

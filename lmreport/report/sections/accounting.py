@@ -62,6 +62,7 @@ def _checks(view: SectionView) -> list[dict]:
             "param_saved_bytes": m["saved_parameter_bytes"],
             "act_ratio": m["saved_activation_bytes"] / act_formula,
             "by_node": m["saved_bytes_by_node"],
+            "record": r,  # for the provenance line of the tables it feeds
         })
     order = {n: i for i, n in enumerate([*ed.gpt2, *ed.study_models])}
     rows.sort(key=lambda row: (order.get(row["model"], len(order)), row["ctx"]))
@@ -139,5 +140,9 @@ def build(view: SectionView) -> dict:
         "all_match": bool(checks) and all(c["params_match"] and c["flops_match"] for c in checks),
         "saved": _saved_explanation(ref, xl, swiglu) if ref else None,
         "saved_ref": ref,
+        # Where each table's numbers come from: formulas, or the records (device, host, profile).
+        "formulas_line": view.provenance([])["line"],
+        "checks_provenance": view.provenance([c["record"] for c in checks]),
+        "saved_provenance": view.provenance([ref["record"]]) if ref else None,
         "run_command": view.run_command(),
     }
