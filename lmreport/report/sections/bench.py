@@ -1,0 +1,347 @@
+"""Benchmark section: tables per mode and precision, plots, and the answers B-a..B-c and C-b.
+
+Reads the bench records (lmreport/experiments/bench.py): the grid (every size x context x
+mode x precision), the warm-up ablation, the torch.compile cells and the matmul peaks. The
+helpers `grid_rows` and `bf16_comparison` are also used by the precision section (P-c).
+Without records the section still shows what the script does and the peak table.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from lmreport import accounting as acc
+from lmreport import peaks
+from lmreport.experiments.bench import COMPILE_MODES, MATMUL_N, PHASE_METRICS, cell_name, matmul_cell_name
+from lmreport.report import plots
+from lmreport.report.context import SectionView
+from lmreport.sections import Section
+
+SECTION = Section(
+    name="bench", title="End-to-end benchmark", order=30,
+    experiment="lmreport.experiments.bench", report="lmreport.report.sections.bench",
+    summary="forward / backward / training-step times, warm-up ablation, bf16, torch.compile, MFU")
+
+MODE_TITLES = {"forward": "forward", "forward_backward": "forward + backward", "train": "full training step"}
+DTYPE_TITLES = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "skipped": "skipped"}
+SLOW_FIRST_STEP = 1.2  # a first step 20% above the median of the others counts as "slower" in B-c
+
+
+# --- records -> rows ------------------------------------------------------------------------
+
+
+def kind_of(r: dict) -> str:
+    """grid, ablation, compiled or matmul, from the record's config and name."""
+    c = r["config"]
+    if c.get("experiment") == "matmul":
+        return "matmul"
+    if c.get("compiled"):
+        return "compiled"
+    if r["cell"] == cell_name(c["size"], c["ctx"], c["mode"], c["dtype"], warmup=c["warmup"]):
+        return "ablation"
+    return "grid"
+
+
+def size_order(view: SectionView, records: list[dict]) -> list[str]:
+    """The profile's sizes in table order, then any other size found in the records."""
+    names = list(view.profile.models(view.edition))
+    for r in records:
+        s = r["config"].get("size")
+        if s and s not in names:
+            names.append(s)
+    return names
+
+
+def _cv(stats: dict | None) -> float | None:
+    if not stats or not stats.get("mean"):
+        return None
+    return stats["std"] / stats["mean"]
+
+
+def row_of(r: dict) -> dict:
+    """One table row from a step record (any status)."""
+    c, m = r["config"], r["metrics"]
+    ok = r["status"] == "ok"
+    return {
+        "cell": r["cell"], "size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "dtype": c["dtype"],
+        "warmup": c["warmup"], "steps": c["steps"], "batch": c["batch"], "compiled": c.get("compiled", False),
+        "status": r["status"], "status_label": STATUS_LABELS[r["status"]], "error": r.get("error"), "ok": ok,
+        "step": m.get("step_ms") if ok else None,
+        "phases": {p: m.get(metric) for p, metric in PHASE_METRICS.items() if ok and metric in m},
+        "cv": _cv(m.get("step_ms")) if ok else None,
+        "first_step_ms": m.get("first_step_ms") if ok else None,
+        "tokens_per_s": m.get("tokens_per_s") if ok else None,
+        "achieved_tflops": m.get("achieved_tflops") if ok else None,
+        "mfu": m.get("mfu") if ok else None,
+        "peak_tflops": m.get("peak_tflops") if ok else None,
+        "peak_source": m.get("peak_source") if ok else None,
+        "flops_per_step": m.get("flops_per_step"), "flops_formula": m.get("flops_formula"),
+        "first_cell_in_process": m.get("first_cell_in_process"),
+        "record": r,
+    }
+
+
+def _sorted(rows: list[dict], sizes: list[str]) -> list[dict]:
+    rank = {s: i for i, s in enumerate(sizes)}
+    return sorted(rows, key=lambda row: (rank.get(row["size"], len(rank)), row["ctx"], row["warmup"]))
+
+
+def grid_rows(records: list[dict], sizes: list[str]) -> list[dict]:
+    return _sorted([row_of(r) for r in records if kind_of(r) == "grid"], sizes)
+
+
+def _pick(rows: list[dict], **match) -> dict | None:
+    return next((r for r in rows if all(r[k] == v for k, v in match.items())), None)
+
+
+# --- P-c (used by the precision section) ------------------------------------------------------
+
+
+def bf16_comparison(view: SectionView, records: list[dict]) -> dict:
+    """fp32 vs bf16 autocast step times per size, context and mode, and the trend with size."""
+    sizes = size_order(view, records)
+    rows = grid_rows(records, sizes)
+    pairs = []
+    for r32 in (r for r in rows if r["dtype"] == "fp32"):
+        r16 = _pick(rows, size=r32["size"], ctx=r32["ctx"], mode=r32["mode"], dtype="bf16")
+        if r16 is None:
+            continue
+        both = r32["ok"] and r16["ok"]
+        pairs.append({"size": r32["size"], "ctx": r32["ctx"], "mode": r32["mode"], "fp32": r32, "bf16": r16,
+                      "ok": both, "speedup": r32["step"]["mean"] / r16["step"]["mean"] if both else None,
+                      "phase_speedups": {p: r32["phases"][p]["mean"] / r16["phases"][p]["mean"]
+                                         for p in r32["phases"] if both and p in r16["phases"]}})
+    trends = []
+    for mode in dict.fromkeys(p["mode"] for p in pairs):
+        for ctx in sorted({p["ctx"] for p in pairs if p["mode"] == mode}):
+            ok = [p for p in pairs if p["mode"] == mode and p["ctx"] == ctx and p["ok"]]
+            if len(ok) >= 2:
+                trends.append({"mode": mode, "ctx": ctx, "first": ok[0], "last": ok[-1],
+                               "rises": ok[-1]["speedup"] > ok[0]["speedup"]})
+    used = [p[d]["record"] for p in pairs for d in ("fp32", "bf16")]
+    speedups = [p["speedup"] for p in pairs if p["ok"]]
+    return {"pairs": pairs, "trends": trends, "records": used,
+            "best": max((p for p in pairs if p["ok"]), key=lambda p: p["speedup"], default=None),
+            "worst": min((p for p in pairs if p["ok"]), key=lambda p: p["speedup"], default=None),
+            "faster_count": sum(s > 1 for s in speedups), "count": len(speedups)}
+
+
+def bf16_speedup_figure(view: SectionView, comparison: dict) -> str | None:
+    ok = [p for p in comparison["pairs"] if p["ok"]]
+    if not ok:
+        return None
+    modes = list(dict.fromkeys(p["mode"] for p in ok))
+    sizes = [s for s in size_order(view, comparison["records"]) if any(p["size"] == s for p in ok)]
+    fig, axes = plots.new_figure(ncols=len(modes), sharey=True, squeeze=False,
+                                 figsize=(3.2 * len(modes), 3.0))
+    for ax, mode in zip(axes[0], modes):
+        for ctx in sorted({p["ctx"] for p in ok if p["mode"] == mode}):
+            pts = [(sizes.index(p["size"]), p["speedup"]) for p in ok if p["mode"] == mode and p["ctx"] == ctx]
+            ax.plot(*zip(*pts), marker="o", label=f"ctx {ctx}")
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(range(len(sizes)), sizes)
+        ax.set_title(MODE_TITLES[mode])
+        ax.set_xlabel("model size")
+    axes[0][0].set_ylabel("fp32 time / bf16 time")
+    axes[0][-1].legend()
+    path, rel = view.figure_path("bf16-speedup")
+    plots.save(fig, path)
+    return rel + ".png"
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
+    ok = [r for r in rows if r["ok"]]
+    if not ok:
+        return None
+    modes = list(dict.fromkeys(r["mode"] for r in ok))
+    fig, axes = plots.new_figure(ncols=len(modes), squeeze=False, figsize=(3.2 * len(modes), 3.0))
+    styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
+    for ax, mode in zip(axes[0], modes):
+        for i, size in enumerate(dict.fromkeys(r["size"] for r in ok)):
+            for dtype in dict.fromkeys(r["dtype"] for r in ok):
+                pts = sorted((r["ctx"], r["step"]["mean"]) for r in ok
+                             if r["mode"] == mode and r["size"] == size and r["dtype"] == dtype)
+                if pts:
+                    ax.plot(*zip(*pts), ls=styles.get(dtype, "-"), marker="o", color=f"C{i}",
+                            label=f"{size} {dtype}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(MODE_TITLES[mode])
+        ax.set_xlabel("context length")
+    axes[0][0].set_ylabel("step time (ms)")
+    axes[0][-1].legend(ncols=2)
+    path, rel = view.figure_path("time-vs-context")
+    plots.save(fig, path)
+    return rel + ".png"
+
+
+def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
+    """Measured step times in order, one line per warm-up count, for the largest size measured."""
+    if not groups:
+        return None
+    size = groups[-1]["size"]
+    mine = [g for g in groups if g["size"] == size]
+    fig, axes = plots.new_figure(ncols=len(mine), squeeze=False, figsize=(3.2 * len(mine), 3.0))
+    for ax, g in zip(axes[0], mine):
+        for e in g["by_warmup"]:
+            if e["ok"]:
+                samples = e["row"]["step"]["samples"]
+                ax.plot(range(1, len(samples) + 1), samples, marker="o", label=f"{e['warmup']} warm-up")
+        ax.set_yscale("log")
+        ax.set_title(f"{size}, {MODE_TITLES[g['mode']]}")
+        ax.set_xlabel("measured step")
+    axes[0][0].set_ylabel("step time (ms)")
+    axes[0][-1].legend()
+    path, rel = view.figure_path("warmup-ablation")
+    plots.save(fig, path)
+    return rel + ".png"
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+
+def tables(view: SectionView, rows: list[dict]) -> list[dict]:
+    out = []
+    modes = [m for m in view.profile.bench_modes if any(r["mode"] == m for r in rows)]
+    modes += [m for m in dict.fromkeys(r["mode"] for r in rows) if m not in modes]
+    dtypes = [d for d in view.profile.bench_dtypes if any(r["dtype"] == d for r in rows)]
+    dtypes += [d for d in dict.fromkeys(r["dtype"] for r in rows) if d not in dtypes]
+    for mode in modes:
+        for dtype in dtypes:
+            mine = [r for r in rows if r["mode"] == mode and r["dtype"] == dtype]
+            if not mine:
+                continue
+            phases = [p for p in PHASE_METRICS if any(p in r["phases"] for r in mine)]
+            out.append({"mode": mode, "dtype": dtype, "title": f"{MODE_TITLES[mode]}, {DTYPE_TITLES[dtype]}",
+                        "rows": mine, "phases": phases, "all_skipped": all(r["status"] == "skipped" for r in mine),
+                        "provenance": view.provenance([r["record"] for r in mine])["line"]})
+    return out
+
+
+def variability(rows: list[dict]) -> dict | None:
+    ok = [r for r in rows if r["ok"] and r["cv"] is not None and r["steps"] > 1]
+    if not ok:
+        return None
+    worst = max(ok, key=lambda r: r["cv"])
+    calm = min(ok, key=lambda r: r["cv"])
+    return {"count": len(ok), "median_cv": statistics.median(r["cv"] for r in ok), "max": worst, "min": calm,
+            "under_5pct": sum(r["cv"] < 0.05 for r in ok)}
+
+
+def first_step_cost(rows: list[dict]) -> dict | None:
+    """Each grid cell times its first warm-up step on its own: how much dearer than a measured step."""
+    ratios = sorted((r["first_step_ms"] / r["step"]["mean"], r) for r in rows
+                    if r["ok"] and r["first_step_ms"] and r["step"]["mean"] and not r["compiled"])
+    if not ratios:
+        return None
+    return {"count": len(ratios), "median": statistics.median(x for x, _ in ratios),
+            "max": ratios[-1][0], "max_row": ratios[-1][1]}
+
+
+def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict | None:
+    rows = _sorted([row_of(r) for r in records if kind_of(r) == "ablation"], sizes)
+    if not rows:
+        return None
+    groups = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["size"] == size):
+            entries = []
+            for r in sorted((r for r in rows if r["size"] == size and r["mode"] == mode), key=lambda r: r["warmup"]):
+                e = {"warmup": r["warmup"], "ok": r["ok"], "row": r, "status_label": r["status_label"]}
+                if r["ok"]:
+                    samples = r["step"]["samples"]
+                    rest = samples[1:] or samples
+                    e.update(first_sample=samples[0], rest_median=statistics.median(rest),
+                             first_ratio=samples[0] / statistics.median(rest))
+                entries.append(e)
+            groups.append({"size": size, "mode": mode, "ctx": rows[0]["ctx"], "by_warmup": entries})
+    # The sentence of B-c: the largest size's groups, cold (fewest warm-up steps) vs warm (most).
+    summary = []
+    for g in (g for g in groups if g["size"] == groups[-1]["size"]):
+        ok = [e for e in g["by_warmup"] if e["ok"]]
+        if len(ok) >= 2:
+            summary.append({"group": g, "cold": ok[0], "warm": ok[-1], "middle": ok[1:-1]})
+    fresh = [r for r in rows if r["first_cell_in_process"]]
+    cold = [(g, e) for g in groups for e in g["by_warmup"] if e["ok"] and e["warmup"] == 0 and len(
+        e["row"]["step"]["samples"]) > 1]
+    return {"groups": groups, "summary": summary, "ctx": rows[0]["ctx"],
+            "cold_slow": [{"size": g["size"], "mode": g["mode"], "ratio": e["first_ratio"]}
+                          for g, e in cold if e["first_ratio"] > SLOW_FIRST_STEP],
+            "cold_max_ratio": max((e["first_ratio"] for _, e in cold), default=None),
+            "slow_threshold": SLOW_FIRST_STEP,
+            "figure": ablation_figure(view, groups),
+            "all_fresh": all(r["first_cell_in_process"] for r in rows if r["ok"]),
+            "fresh_cells": [r["cell"] for r in fresh],
+            "provenance": view.provenance([r["record"] for r in rows])["line"]}
+
+
+def compile_comparison(view: SectionView, records: list[dict], grid: list[dict], sizes: list[str]) -> dict | None:
+    compiled = _sorted([row_of(r) for r in records if kind_of(r) == "compiled"], sizes)
+    if not compiled:
+        return None
+    rows = []
+    for c in compiled:
+        e = _pick(grid, size=c["size"], ctx=c["ctx"], mode=c["mode"], dtype=c["dtype"])
+        both = bool(e and e["ok"] and c["ok"])
+        rows.append({"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "eager": e, "compiled": c, "ok": both,
+                     "speedup": e["step"]["mean"] / c["step"]["mean"] if both else None})
+    used = [r["compiled"]["record"] for r in rows] + [r["eager"]["record"] for r in rows if r["eager"]]
+    by_mode = {m: [r for r in rows if r["mode"] == m and r["ok"]] for m in COMPILE_MODES}
+    return {"rows": rows, "by_mode": by_mode, "provenance": view.provenance(used)["line"]}
+
+
+def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
+    out = []
+    for r in records:
+        if kind_of(r) != "matmul":
+            continue
+        ok = r["status"] == "ok"
+        out.append({"cell": r["cell"], "device": r["config"]["device"], "dtype": r["config"]["dtype"],
+                    "n": r["config"]["n"], "ok": ok, "status_label": STATUS_LABELS[r["status"]],
+                    "error": r.get("error"), "metrics": r["metrics"] if ok else None, "record": r})
+    return out
+
+
+def _device_type(records: list[dict]) -> str | None:
+    kinds = {(r.get("environment") or {}).get("device_type") for r in records if r["status"] == "ok"}
+    kinds.discard(None)
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
+
+
+def build(view: SectionView) -> dict:
+    prof, ed = view.profile, view.edition
+    records = view.records
+    sizes = size_order(view, records)
+    grid = grid_rows(records, sizes)
+    matmuls = matmul_rows(view, records)
+    models = prof.models(ed)
+    skipped = [r for r in records if r["status"] == "skipped"]
+    return {
+        "profile": prof, "edition": ed, "batch": ed.batch_size,
+        "contexts": prof.bench_contexts(ed), "modes": prof.bench_modes, "dtypes": prof.bench_dtypes,
+        "mode_titles": MODE_TITLES, "dtype_titles": DTYPE_TITLES,
+        "models": [{"name": n, "cfg": cfg, "params": acc.parameter_count(cfg)} for n, cfg in models.items()],
+        "adamw_per_param": acc.ADAMW_FLOPS_PER_PARAMETER,
+        "has_records": bool(records),
+        "all_skipped": bool(records) and len(skipped) == len(records),
+        "skip_reason": skipped[0]["error"] if skipped else None,
+        "device_type": _device_type(records),
+        "matmuls": matmuls, "matmul_n": MATMUL_N,
+        "matmul_provenance": view.provenance([m["record"] for m in matmuls])["line"] if matmuls else None,
+        "tables": tables(view, grid),
+        "failed": [r for r in grid if r["status"] in ("oom", "error")],
+        "mfu_over_one": [r for r in grid if r["mfu"] and r["mfu"] > 1],
+        "variability": variability(grid),
+        "first_step": first_step_cost(grid),
+        "time_figure": time_vs_context_figure(view, grid),
+        "ablation": ablation(view, records, sizes),
+        "compile": compile_comparison(view, records, grid, sizes),
+        "peaks": [{"name": p.name, "tflops": p.tflops, "source": p.source} for p in peaks.PEAKS],
+        "precisions": peaks.PRECISIONS,
+        "matmul_cell": {dt: matmul_cell_name(prof.device, dt) for dt in prof.bench_dtypes},
+        "run_command": view.run_command(),
+    }
