@@ -150,7 +150,8 @@ def test_section_shows_measured_rows_formulas_and_the_compiled_comparison(tiny_r
     assert "| 16 | 64 | **OOM** |" in md
     assert view.provenance()["line"] in md
     assert "## (b) torch.compile: compiled against eager" in md and "| 16 | 32 |" in md.split("## (b)")[1]
-    assert "32,768" in md  # smallest OOM by formula on an 80 GB GPU (no GPU ran)
+    # The OOM record is the smallest configuration that ran out of memory on this device.
+    assert "eager sweep that ran out of memory is **$d$ = 16, $T$ = 64**" in " ".join(md.split())
     assert (tmp_path / "figures" / "attention-time.png").stat().st_size > 0
     assert (tmp_path / "figures" / "attention-memory.png").stat().st_size > 0
 
@@ -158,7 +159,7 @@ def test_section_shows_measured_rows_formulas_and_the_compiled_comparison(tiny_r
 def test_section_renders_formulas_without_records(tmp_path):
     view = SectionView(get("attention"), [], ED25, PROFILE, PLAN.run, tmp_path / "figures")
     md = render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view))
-    assert "No GPU ran this sweep" in md and "32,768" in md
+    assert "No GPU ran this sweep" in md and "**$T$ = 32,768**" in md  # smallest OOM on an 80 GB GPU, by formula
     assert "4 B T^{2} + 12 B T d + T^{2}" in md  # the saved-for-backward formula
     assert "lmreport run attention --profile cpu --edition 2025" in md
 
@@ -173,3 +174,41 @@ def test_cuda_cell_allocated_memory_matches_the_formula(tmp_path):
     grown = m["allocated_before_backward_bytes"] - m["allocated_before_forward_bytes"]
     assert abs(grown / (f["in_use_before_backward"] - inputs) - 1) < 0.10
     assert abs(m["max_allocated_bytes"] / f["backward_peak"] - 1) < 0.10
+
+
+def _stats(ms: float) -> dict:
+    from lmreport.timing import Stats
+    return Stats.of([ms, ms * 1.01, ms * 0.99]).to_metric()
+
+
+def test_section_with_gpu_records(tmp_path):
+    """The report on records shaped like a CUDA run's (memory_allocated, device memory, an OOM cell)."""
+    env = {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "host": "gpu-node"}
+    plan = runner.Plan(*resolve("handout-2025", None, False))
+    recs = []
+    for variant in A.VARIANTS:
+        for d in (16, 64):
+            for t in (256, 1024, 4096, 16384):
+                cfg = {"edition": 2025, "profile": plan.profile.name, "d": d, "seq_len": t, "batch": 8,
+                       "variant": variant, "source": "measured", "warmup": 5, "passes": 100}
+                name = A.cell_name(variant, d, t)
+                if variant == "eager" and t == 16384:
+                    recs.append(store.make_record("attention", name, cfg, env, "oom",
+                                                  error="OutOfMemoryError: out of memory during backward"))
+                    continue
+                f = report.formula(8, t, d, variant)
+                before = report.inputs_bytes(8, t, d, variant) + 8 * 2**20  # plus a cuBLAS workspace
+                metrics = {"forward_ms": _stats(t / 100), "backward_ms": _stats(t / 50), "first_pass_s": 0.5,
+                           "saved_bytes": f["saved"], "device_total_bytes": 80 * 2**30,
+                           "allocated_before_forward_bytes": before,
+                           "allocated_before_backward_bytes": before + f["in_use_before_backward"]
+                           - report.inputs_bytes(8, t, d, variant),
+                           "max_allocated_bytes": f.get("backward_peak", f["in_use_before_backward"]) + 8 * 2**20}
+                recs.append(store.make_record("attention", name, cfg, env, "ok", metrics=metrics))
+    view = SectionView(get("attention"), recs, ED25, plan.profile, plan.run, tmp_path / "figures")
+    md = " ".join(render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view)).split())
+    assert "These are CPU measurements" not in md and "`torch.cuda.memory_allocated`" in md
+    assert "ran out of memory is **$d$ = 16, $T$ = 16,384**" in md and "80.00 GiB" in md
+    assert "| 16 | 16,384 | **OOM** |" in md
+    assert "8.00 MiB to 8.00 MiB beyond" in md  # what memory_allocated held besides the inputs
+    assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025" in md

@@ -2,7 +2,10 @@
 
 The handout's benchmark: batch 8, no head dimension, random Q, K, V of shape (B, T, d) that
 require gradients; warm-up; time forward passes, measure the memory in use before the
-backward pass, time backward passes, with a device sync around each. Three variants:
+backward pass, time backward passes, with a device sync around each. Each timed pass is a
+forward then a backward on its graph, each timed on its own between syncs (timing.time_phases,
+NVTX ranges "forward" and "backward" inside "step"), so n passes give n forward and n backward
+times; the memory is measured on one more forward, before its backward. Three variants:
 
 - "eager": the model's own `lmreport.model.scaled_dot_product_attention` with the causal
   mask the model uses (a (T, T) bool tensor), so it materialises the T x T scores;

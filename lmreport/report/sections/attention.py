@@ -41,6 +41,11 @@ def formula(batch: int, seq_len: int, d: int, variant: str) -> dict[str, int]:
     return acc.attention_memory_bytes(batch, seq_len, d, fused=variant == "sdpa")
 
 
+def inputs_bytes(batch: int, seq_len: int, d: int, variant: str) -> int:
+    """Bytes that exist before the forward: Q, K, V, the output gradient dO, and (eager) the bool mask."""
+    return 4 * 4 * batch * seq_len * d + (0 if variant == "sdpa" else acc.BOOL_BYTES * seq_len**2)
+
+
 def _ratio(measured, expected):
     return measured / expected if measured is not None and expected else None
 
@@ -71,6 +76,9 @@ def _row(r: dict) -> dict:
         "peak_bytes": peak, "peak_formula_bytes": f.get("backward_peak"),
         "first_pass_s": m.get("first_pass_s"),
         "device_total_bytes": m.get("device_total_bytes"),
+        # CUDA: what memory_allocated held before the forward beyond the inputs (cuBLAS workspace, rounding).
+        "allocated_extra_bytes": m["allocated_before_forward_bytes"] - inputs_bytes(c["batch"], c["seq_len"], c["d"], c["variant"])
+        if "allocated_before_forward_bytes" in m else None,
     }
     row["saved_ratio"] = _ratio(row["saved_bytes"], row["saved_formula_bytes"])
     row["in_use_ratio"] = _ratio(in_use, row["in_use_formula_bytes"])
@@ -184,10 +192,14 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
                  "budget_bytes": budget, "in_grid": True}
         prev = [x for x in eager_rows if x["d"] == d and x["seq_len"] < t and x["status"] == "ok"]
     else:
-        budget = view.edition.memory_budget_bytes
+        # Nothing ran out: by formula on the GPU that ran the sweep, else on the handout's 80 GB GPU.
+        gpu = next((x for x in eager_rows if x.get("device_total_bytes")), None)
+        budget = gpu["device_total_bytes"] if gpu else view.edition.memory_budget_bytes
         found = first_oom(budget)
         batch, t, d = HANDOUT_BATCH, found["seq_len"], found["d"]
-        basis = {"kind": "formula", "device": None, "error": None, "budget_bytes": budget, "in_grid": found["in_grid"]}
+        device = (next(x for x in view.records if x["cell"] == gpu["cell"]).get("environment") or {}).get("device") \
+            if gpu else None
+        basis = {"kind": "formula", "device": device, "error": None, "budget_bytes": budget, "in_grid": found["in_grid"]}
         prev = []
     totals = acc.attention_memory_bytes(batch, t, d)
     fits = acc.attention_memory_bytes(batch, t // 2, d)
@@ -290,6 +302,7 @@ def build(view: SectionView) -> dict:
     compile_times = [r["first_pass_s"] for r in compiled_ok if r["first_pass_s"] is not None]
     devices = view.provenance(measured_records)["devices"] if measured_records else []
     on_cuda = any(r["in_use_source"] == "memory_allocated" for r in measured)
+    extras = [r["allocated_extra_bytes"] for r in measured if r["allocated_extra_bytes"] is not None]
     exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs().items()}
     fused_exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs(fused=True).items()}
     return {
@@ -299,6 +312,7 @@ def build(view: SectionView) -> dict:
                           "passes": next((r["passes"] for r in measured if r["passes"]), None)},
         "has_measured": bool(measured),
         "on_cuda": on_cuda,
+        "allocated_extra": {"min": min(extras), "max": max(extras)} if extras else None,
         "devices": devices,
         "labels": VARIANT_LABELS,
         "tables": tables,
