@@ -6,6 +6,8 @@
 #   make accounting | precision | bench | ...   one section's experiments
 #   make test                   CPU test suite (GPU-only tests skip without CUDA)
 #   make bench-tools            benchmarks of lmreport's own tools (speed/memory targets)
+#   make status                 cells per section: ok, failed, queued/running on Slurm, not run
+#   RUN_ARGS="--executor slurm"   extra flags for the run targets (slurm, local-gpus; see README)
 #   PROFILE=handout-2025 EDITION=2026 ...       choose a profile or an edition
 
 PYTHON ?= python3
@@ -15,6 +17,8 @@ LMREPORT := $(BIN)/lmreport
 PROFILE ?=
 EDITION ?=
 ARGS := $(if $(PROFILE),--profile $(PROFILE)) $(if $(EDITION),--edition $(EDITION))
+# Extra flags for the run commands only, e.g. RUN_ARGS="--executor slurm" or "--executor local-gpus".
+RUN_ARGS ?=
 SECTIONS := $(filter-out _%,$(basename $(notdir $(wildcard lmreport/report/sections/*.py))))
 
 # torch: without an NVIDIA driver, the small CPU build 2.13.0; with one, the CUDA build from PyPI.
@@ -23,7 +27,7 @@ HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_CUDA),torch>=2.4,torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: install report render test bench-tools list clean distclean $(SECTIONS)
+.PHONY: install report render test bench-tools list status clean distclean $(SECTIONS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,16 +40,20 @@ install: $(VENV)/.installed
 # A cell that fails is data (shown as error/OOM in the writeup), so render even then; the exit
 # status still says that something failed.
 report: install
-	@$(LMREPORT) run all $(ARGS); status=$$?; $(LMREPORT) render $(ARGS) && exit $$status
+	@$(LMREPORT) run all $(ARGS) $(RUN_ARGS); status=$$?; $(LMREPORT) render $(ARGS) && exit $$status
 
 render: install
 	$(LMREPORT) render $(ARGS)
 
 $(SECTIONS): install
-	$(LMREPORT) run $@ $(ARGS)
+	$(LMREPORT) run $@ $(ARGS) $(RUN_ARGS)
 
 list: install
 	$(LMREPORT) list
+
+# Where each cell stands: records, and Slurm jobs queued or running (lmreport/slurm.py).
+status: install
+	$(LMREPORT) status $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -116,11 +116,15 @@ def _after_submission(args, ex, per_section: dict[str, Counter], plan) -> int:
         print(f"{waiting} cells submitted or in flight (job folder {folder}); `lmreport status` follows them, "
               f"`lmreport render` once they are done", file=sys.stderr)
         return 0
+    local = all(entry.cluster == "local" for _, entry in ex.pending)
     try:
         records = ex.wait(progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"lmreport: stopped waiting; the jobs go on (job folder {folder}): `lmreport status` follows them, "
-              "the same command waits for them again", file=sys.stderr)
+        if local:  # local jobs share this terminal's process group: Ctrl-C stopped them too
+            print("lmreport: interrupted, and so were the local jobs this command started; the same command retries them", file=sys.stderr)
+        else:
+            print(f"lmreport: stopped waiting; the jobs go on (job folder {folder}; `scancel --name lmreport-SECTION` "
+                  "stops them): `lmreport status` follows them, the same command waits for them again", file=sys.stderr)
         return 130
     done: dict[str, Counter] = {}
     for r in records:
