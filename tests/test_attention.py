@@ -85,6 +85,12 @@ def test_cpu_profile_cells():
     assert max(c.config["seq_len"] for c in A.cells(handout)) == 16384
 
 
+def test_report_restates_the_handout_grid_of_the_experiment():
+    g = A.HANDOUT_GRID
+    assert (report.HANDOUT_BATCH, report.HANDOUT_D, report.HANDOUT_T) == (g.batch, g.d, g.seq_len)
+    assert report.VARIANTS == A.VARIANTS
+
+
 TINY = A.Grid(batch=2, d=(8, 16), seq_len=(16, 32), warmup=1, passes=3)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 
 import sympy as sp
 
@@ -280,16 +281,23 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict]) -> dict:
     return out
 
 
+CONFIG_KEYS = ("d", "seq_len", "batch", "variant")  # the record contract of this section
+
+
 def build(view: SectionView) -> dict:
-    rows = [_row(r) for r in view.records]
+    records = [r for r in view.records if all(k in r.get("config", {}) for k in CONFIG_KEYS)]
+    if len(records) < len(view.records):
+        warnings.warn(f"attention: skipped {len(view.records) - len(records)} records without {', '.join(CONFIG_KEYS)}",
+                      stacklevel=2)
+    rows = [_row(r) for r in records]
     measured = [r for r in rows if r["source"] == "measured"]
     estimated = sorted((r for r in rows if r["source"] == "estimated" and r["status"] == "ok"),
                        key=lambda r: (r["d"], r["seq_len"]))
     tables = {v: _table(measured, v) for v in VARIANTS}
     checked = [r for r in measured + estimated if r["status"] == "ok"]
     comp = _comparison(measured)
-    measured_records = [r for r in view.records if r["config"].get("source") != "estimated"]
-    estimated_records = [r for r in view.records if r["config"].get("source") == "estimated"]
+    measured_records = [r for r in records if r["config"].get("source") != "estimated"]
+    estimated_records = [r for r in records if r["config"].get("source") == "estimated"]
     ok_eager = [r for r in tables["eager"] if r["status"] == "ok"]
     ok_fused = [r for r in tables["sdpa"] if r["status"] == "ok"]
     fused_index = {(r["d"], r["seq_len"]): r for r in ok_fused}
