@@ -355,7 +355,8 @@ def build(view: SectionView) -> dict:
                                 "seq_len": max(HANDOUT_T), "d": 64}},
         "figures": _plots(view, measured, estimated),
         "provenance": {"measured": view.provenance(measured_records)["line"],
-                       "estimated": view.provenance(estimated_records)["line"]},
+                       "estimated": view.provenance(estimated_records)["line"],
+                       "formula": view.provenance([])["line"]},
         "run_command": view.run_command(),
         "gpu_command": f"lmreport run attention --profile handout-{view.edition.year}",
     }
