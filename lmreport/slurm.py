@@ -16,7 +16,9 @@ the records, a cell is:
   say whether the job has started);
 - a job that ended without a fresh record (killed, timed out, node failure, crashed before
   writing) is recorded as `error` (`oom` when Slurm says OUT_OF_MEMORY or the log mentions it),
-  with its log's path, by whichever of `lmreport run` and `lmreport status` sees it first.
+  with its log's path, by whichever of `lmreport run` and `lmreport status` sees it first, once
+  a grace period has let a network file system show a record written on the node (a job whose
+  result says it finished ok is never recorded as failed for a record that is merely late).
 
 Resubmitting skips ok cells and cells whose job is still queued or running.
 
@@ -333,6 +335,8 @@ def submit(todo: list[tuple[Cell, Path]], settings: SlurmSettings, run_dir: Path
 
 # --- where each job stands -------------------------------------------------------------------------
 
+RECORD_GRACE_S = 15.0  # after a Slurm job ends, how long its record may take to show up here (NFS)
+RECORD_MISSING_S = 300.0  # a job that finished ok but whose record is still not visible after this: error
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
@@ -356,12 +360,27 @@ def _local_controller_alive(pid: int) -> bool:
 class JobWatcher:
     """Job states: `sacct` (through submitit's parser) at most every `sacct_every_s`, files otherwise."""
 
-    def __init__(self, sacct_every_s: float = 60.0):
+    def __init__(self, sacct_every_s: float = 60.0, record_grace_s: float = RECORD_GRACE_S):
         from submitit.slurm.slurm import SlurmInfoWatcher
         self.sacct_every_s = sacct_every_s
+        self.record_grace_s = record_grace_s
         self._slurm = SlurmInfoWatcher(delay_s=int(sacct_every_s))
         self._last_sacct = float("-inf")
+        self._ended_since: dict[str, float] = {}
         self.local_jobs: dict[str, object] = {}  # submitit LocalJob objects of this process (polling reaps them)
+
+    def ended_for_s(self, entry: JobEntry) -> float:
+        """Seconds since this watcher first saw the job ended (0 at first sight)."""
+        return time.monotonic() - self._ended_since.setdefault(entry.job_id, time.monotonic())
+
+    def settled(self, entry: JobEntry) -> bool:
+        """Long enough after the end for a record written on a node to be visible here.
+
+        A network file system caches attributes: a file another host wrote can take seconds to
+        appear (submitit waits for its result file the same way). Local jobs need no grace.
+        """
+        grace = 0.0 if entry.cluster == "local" else self.record_grace_s
+        return self.ended_for_s(entry) >= grace
 
     def refresh(self, entries: list[JobEntry], force: bool = False) -> None:
         ids = [e.job_id for e in entries if e.cluster == "slurm"]
@@ -402,6 +421,33 @@ class JobWatcher:
         return "ended", word, node
 
 
+def job_outcome(result_pickle: Path) -> tuple[str, str] | None:
+    """("success", the record's status) or ("error", traceback) from submitit's result file.
+
+    Read with the restricted unpickler (lmreport/safe_pickle.py): a runs/ folder copied from
+    elsewhere is not trusted, and this file holds two strings. None when absent or unreadable.
+    """
+    from lmreport import safe_pickle
+    if not result_pickle.exists():
+        return None
+    try:
+        out = safe_pickle.load(result_pickle)
+    except InputFileError:
+        return None
+    if isinstance(out, tuple) and len(out) == 2 and all(isinstance(x, str) for x in out):
+        return out
+    return None
+
+
+def _refresh_attributes(*folders: Path) -> None:
+    """Make a network file system re-read these folders' attributes (submitit's trick: a no-op chmod)."""
+    for d in folders:
+        try:
+            d.chmod(d.stat().st_mode)
+        except OSError:
+            pass
+
+
 def _last_line(path: Path) -> str | None:
     """The job's last words (an exception, "Killed"), not submitit's own INFO lines."""
     try:
@@ -419,16 +465,19 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def record_failure(run_dir: Path, entry: JobEntry, word: str, node: str | None) -> dict:
+def record_failure(run_dir: Path, entry: JobEntry, word: str, node: str | None, trace: str | None = None,
+                   why: str = "without writing its record") -> dict:
     """The job ended without writing its record: record that as error (or oom) with its log."""
     from submitit.core.utils import JobPaths
     from lmreport.runner import _log_mentions_oom
     paths = JobPaths(job_folder(run_dir), entry.job_id)
     record_file = Path(run_dir) / entry.record
     log = paths.stderr if paths.stderr.exists() else paths.stdout
-    oom = word == "OUT_OF_MEMORY" or _log_mentions_oom(paths.stderr) or _log_mentions_oom(paths.stdout)
-    last = _last_line(paths.stderr) or _last_line(paths.stdout)
-    error = (f"{entry.cluster} job {entry.job_id} ended ({word}) without writing its record; log: {_shown(log)}"
+    oom = (word == "OUT_OF_MEMORY" or "out of memory" in (trace or "").lower()
+           or _log_mentions_oom(paths.stderr) or _log_mentions_oom(paths.stdout))
+    trace_lines = [ln.strip() for ln in (trace or "").splitlines() if ln.strip()]
+    last = trace_lines[-1][:300] if trace_lines else (_last_line(paths.stderr) or _last_line(paths.stdout))
+    error = (f"{entry.cluster} job {entry.job_id} ended ({word}) {why}; log: {_shown(log)}"
              + (f"; last log line: {last}" if last else ""))
     c = entry.to_cell()
     env = {"device": None, "host": node, "executor": entry.cluster,
@@ -450,24 +499,39 @@ class CellState:
     detail: str | None = None  # the record's error, or the scheduler's word
     record: dict | None = None
     recorded_failure: bool = False  # this call wrote the record of a job that died
+    settling: bool = False  # the job just ended; its record may still be on its way (see JobWatcher.settled)
 
 
 def resolve(run_dir: Path, entry: JobEntry, watcher: JobWatcher) -> CellState:
     """Where a submitted cell stands; a job found dead gets its error record now."""
     section, name = entry.key
     record_file = Path(run_dir) / entry.record
-    if _mtime_ns(record_file) not in (None, entry.record_mtime_ns):
+    seen = _mtime_ns(record_file)
+    if seen not in (None, entry.record_mtime_ns):
         try:
             r = store.read_record(record_file)
             return CellState(section, name, r["status"], entry.job_id, r.get("error"), r)
         except InputFileError:
             pass  # not a record after all: let the job's state decide
-    phase, word, node = watcher.state(entry, job_folder(run_dir))
+    folder = job_folder(run_dir)
+    phase, word, node = watcher.state(entry, folder)
     if phase != "ended":
         return CellState(section, name, phase, entry.job_id, word)
-    if _mtime_ns(record_file) not in (None, entry.record_mtime_ns):  # written while we looked
+    _refresh_attributes(record_file.parent, folder)
+    if _mtime_ns(record_file) != seen:  # the job wrote its record while we looked
         return resolve(run_dir, entry, watcher)
-    r = record_failure(run_dir, entry, word, node)
+    if not watcher.settled(entry):
+        return CellState(section, name, "running", entry.job_id, f"ended ({word}); its record may be on its way",
+                         settling=True)
+    from submitit.core.utils import JobPaths
+    outcome = job_outcome(JobPaths(folder, entry.job_id).result_pickle)
+    if outcome is not None and outcome[0] == "success":  # execute_cell wrote it: the file system lags
+        if watcher.ended_for_s(entry) < RECORD_MISSING_S:
+            return CellState(section, name, "unknown", entry.job_id,
+                             f"finished ({outcome[1]}) but its record is not visible here yet: {record_file}")
+        r = record_failure(run_dir, entry, word, node, why=f"reporting {outcome[1]}, but its record never appeared")
+    else:
+        r = record_failure(run_dir, entry, word, node, trace=outcome[1] if outcome else None)
     return CellState(section, name, r["status"], entry.job_id, r["error"], r, recorded_failure=True)
 
 
@@ -490,6 +554,9 @@ def cell_states(run_dir: Path, cells: list[tuple[str, str]], watcher: JobWatcher
             out.append(CellState(section, name, "not run"))
         except InputFileError as e:
             out.append(CellState(section, name, "error", None, str(e)))
+    if any(st.settling for st in out):  # jobs that just ended: one grace period for all, then look again
+        time.sleep(watcher.record_grace_s)
+        out = [resolve(run_dir, jobs[(st.section, st.cell)], watcher) if st.settling else st for st in out]
     return out
 
 
@@ -502,11 +569,11 @@ class SubmititExecutor:
     name = "slurm"
 
     def __init__(self, config: SlurmConfig | None = None, wait: bool = True, poll_s: float | None = None,
-                 sacct_every_s: float = 60.0):
+                 sacct_every_s: float = 60.0, record_grace_s: float = RECORD_GRACE_S):
         self.config = config or SlurmConfig.load()
         self.wait_for_jobs = wait
         self.poll_s = poll_s
-        self.watcher = JobWatcher(sacct_every_s)
+        self.watcher = JobWatcher(sacct_every_s, record_grace_s)
         self.pending: list[tuple[Path, JobEntry]] = []  # submitted or found in flight, not yet collected
 
     def run_many(self, todo: list[tuple[Cell, Path]], finished: Callable[[Cell, dict], None]) -> Counter:

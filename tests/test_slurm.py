@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -124,6 +125,8 @@ def test_a_job_killed_on_the_executor_is_recorded_as_error_with_its_log(tmp_path
 FAKE_SBATCH = """\
 import os, re, subprocess, sys
 from pathlib import Path
+if os.environ.get("FAKE_SBATCH_ERROR"):
+    sys.exit(print(os.environ["FAKE_SBATCH_ERROR"], file=sys.stderr) or 1)
 state = Path(os.environ["FAKE_SLURM_DIR"])
 script = Path(sys.argv[-1])
 text = script.read_text()
@@ -202,7 +205,7 @@ def test_job_array_on_a_stand_in_slurm(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     config = SlurmConfig.load(flags={"partition": "gpu", "account": "course", "time": "00:10:00",
                                      "gpus_per_job": 1, "mem_gb": 8})
-    ex = SubmititExecutor(config, wait=False, poll_s=0.2, sacct_every_s=0)
+    ex = SubmititExecutor(config, wait=False, poll_s=0.2, sacct_every_s=0, record_grace_s=0.5)
     res = runner.run_sweep(accounting_cells("check-small-ctx512", SLOW), runs, PLAN.run, executor=ex, progress=False)
     assert res.counts == {"submitted": 2}
     run_dir = runs / PLAN.run
@@ -225,6 +228,18 @@ def test_job_array_on_a_stand_in_slurm(tmp_path, monkeypatch):
     assert store.read_record(run_dir / "accounting" / f"{SLOW}.json")["status"] == "oom"
 
 
+def test_sbatch_refusing_the_array_is_one_line(tmp_path, monkeypatch, capsys):
+    install_fake_slurm(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_SBATCH_ERROR", "sbatch: error: invalid partition specified: gpux")
+    runs = tmp_path / "runs"
+    code = main(["run", "accounting", "--profile", "cpu", "--runs-dir", str(runs), "--executor", "slurm",
+                 "--partition", "gpux", "--ctx", "16384", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err == "lmreport: error: submitting 1 accounting cells failed: sbatch: error: invalid partition specified: gpux"
+    assert not slurm.read_jobs(runs / PLAN.run)
+
+
 def test_states_from_the_job_folder(tmp_path, monkeypatch):
     """queued (no log yet), running (log), ended without a record (-> error with the log), not run."""
     monkeypatch.setenv("PATH", str(tmp_path / "no-sacct-here"))
@@ -238,23 +253,51 @@ def test_states_from_the_job_folder(tmp_path, monkeypatch):
         for i, n in enumerate("abc")])
     (folder / "77_1_0_log.out").write_text("started\n")
     (folder / "77_2_0_log.out").write_text("started\n")
-    (folder / "77_2_0_log.err").write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'torch'\n")
-    (folder / "77_2_0_result.pkl").write_bytes(b"")  # the job's function raised before execute_cell wrote
+    (folder / "77_2_0_log.err").write_text("submitit ERROR - Submitted job triggered an exception\n")
+    # The job's function raised before execute_cell could write (submitit pickles the traceback).
+    trace = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'torch'\n"
+    (folder / "77_2_0_result.pkl").write_bytes(pickle.dumps(("error", trace)))
     keys = [("fake", n) for n in "abcd"]
 
-    states = slurm.cell_states(run_dir, keys)
+    t0 = time.monotonic()
+    states = slurm.cell_states(run_dir, keys, slurm.JobWatcher(record_grace_s=0.3))
+    assert time.monotonic() - t0 >= 0.3  # it gave the record a chance to appear before recording the failure
     assert [s.state for s in states] == ["queued", "running", "error", "not run"]
     c = states[2]
     assert c.recorded_failure and "No module named 'torch'" in c.detail and "77_2_0_log.err" in c.detail
     assert store.read_record(run_dir / "fake" / "c.json")["config"]["size"] == "c"
     # Seen again: the record is the job's outcome now, not written twice.
-    again = slurm.cell_states(run_dir, keys)
+    again = slurm.cell_states(run_dir, keys, slurm.JobWatcher(record_grace_s=0.3))
     assert [s.state for s in again] == ["queued", "running", "error", "not run"] and not again[2].recorded_failure
 
     (folder / "stray.json").write_text("{}")  # nothing under .slurm/ is a record
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [r["cell"] for r in store.load_records(tmp_path / "runs")] == ["c"]
+
+
+def test_a_job_that_finished_ok_is_not_failed_for_a_late_record(tmp_path, monkeypatch):
+    """On NFS the node's record may not be visible yet: wait for it instead of writing a false error."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-sacct-here"))
+    run_dir = tmp_path / "runs" / PLAN.run
+    c = runner.cell(PLAN, "fake", "late", size="x")
+    entry = slurm.JobEntry("80_0", "slurm", {"section": "fake", "name": "late", "config": c.config, "requires": "any"},
+                           "fake/late.json", None, "2026-01-01T00:00:00+00:00", "login1")
+    slurm._append_jobs(run_dir, [entry])
+    (run_dir / ".slurm" / "80_0_0_log.out").write_text("started\n")
+    (run_dir / ".slurm" / "80_0_0_result.pkl").write_bytes(pickle.dumps(("success", "ok")))
+    (st,) = slurm.cell_states(run_dir, [("fake", "late")], slurm.JobWatcher(record_grace_s=0))
+    assert st.state == "unknown" and "not visible here yet" in st.detail
+    assert not (run_dir / "fake" / "late.json").exists()
+
+
+def test_a_hostile_result_file_is_not_unpickled(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    f = tmp_path / "1_0_result.pkl"
+    f.write_bytes(pickle.dumps(("success", Boom())))
+    assert slurm.job_outcome(f) is None and not (tmp_path / "pwned").exists()
 
 
 def test_settings_from_file_sections_and_flags(tmp_path):
