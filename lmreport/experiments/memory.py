@@ -1,0 +1,193 @@
+"""Memory section experiments: CUDA snapshots, full-size estimates, and the estimator's CPU check.
+
+Three kinds of cells, told apart by config["source"]:
+- "measured" (CUDA only): the edition's memory cells (2025: 2.7B at contexts 128/256/512;
+  2026: xl at 128 and 2048; forward and full training step; fp32 and bf16). Warm up, record
+  the allocator history (torch.cuda.memory._record_memory_history(max_entries=1_000_000)),
+  run one step, `_dump_snapshot` into the cell's artifacts, stop recording; the record holds
+  max allocated/reserved and the snapshot's replay (peak, timeline, largest allocations).
+  Without CUDA these cells are recorded `skipped` with the command to run on a GPU.
+- "estimated" (any machine): the same cells at full size on fake tensors
+  (lmreport.estimate.memory), plus the variant a measured cell may have been taken as
+  (train: the first step; forward: with autograd recording).
+- "cpu_check" (any machine): at the cpu profile's small sizes, the estimate (CPU autocast
+  rules) next to the memory the CPU allocator really handed out (torch.profiler): the
+  evidence that the tracker sees what an allocator sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from lmreport.presets import CPU_MODELS
+from lmreport.runner import Cell, CellSkipped, Plan, cell
+
+SECTION = "memory"
+MODES = ("forward", "train")
+DTYPES = ("fp32", "bf16")
+MAX_ENTRIES = 1_000_000  # trace entries kept by the allocator (the handout's value)
+WARMUP_STEPS = 2  # the first step allocates the optimizer state; the second is already steady
+CHECK_SIZES = ("tiny", "mini")
+CHECK_CTX = 128
+
+
+def cell_name(source: str, size: str, ctx: int, mode: str, dtype: str) -> str:
+    prefix = {"measured": "measured", "estimated": "estimated", "cpu_check": "cpucheck"}[source]
+    return f"{prefix}-{size}-ctx{ctx}-{mode}-{dtype}"
+
+
+def cells(plan: Plan) -> list[Cell]:
+    ed = plan.edition
+    size, batch = ed.memory_model, ed.batch_size
+    out = []
+    for source, requires in (("estimated", "any"), ("measured", "cuda")):
+        for ctx in ed.memory_contexts:
+            for mode in MODES:
+                for dtype in DTYPES:
+                    out.append(cell(plan, SECTION, cell_name(source, size, ctx, mode, dtype), requires=requires,
+                                    size=size, ctx=ctx, batch=batch, mode=mode, dtype=dtype, source=source,
+                                    step="steady" if mode == "train" else None,
+                                    grad=False if mode == "forward" else None))
+    for size_ in CHECK_SIZES:
+        for mode in MODES:
+            for dtype in DTYPES:
+                out.append(cell(plan, SECTION, cell_name("cpu_check", size_, CHECK_CTX, mode, dtype), size=size_,
+                                ctx=CHECK_CTX, batch=batch, mode=mode, dtype=dtype, source="cpu_check",
+                                step="steady" if mode == "train" else None,
+                                grad=False if mode == "forward" else None))
+    return out
+
+
+def model_config(c: Cell):
+    from lmreport.presets import edition
+    table = {**edition(c.config["edition"]).study_models, **CPU_MODELS}
+    return table[c.config["size"]]
+
+
+def run_cell(c: Cell, artifacts_dir: Path) -> dict:
+    source = c.config["source"]
+    if source == "estimated":
+        return _run_estimated(c)
+    if source == "cpu_check":
+        return _run_cpu_check(c)
+    if source == "measured":
+        return _run_measured(c, Path(artifacts_dir))
+    raise ValueError(f"unknown memory cell source {source!r}")
+
+
+# --- estimated ---------------------------------------------------------------------------------
+
+
+def _estimate_metrics(e) -> dict:
+    d = e.to_dict()
+    d.pop("config")
+    d["estimate_s"] = d.pop("seconds")
+    return d
+
+
+def _run_estimated(c: Cell) -> dict:
+    from lmreport.estimate.memory import estimate_memory
+    cfg, k = model_config(c), c.config
+    main = estimate_memory(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=k.get("step") or "steady",
+                           grad=bool(k.get("grad")), target="cuda")
+    metrics = _estimate_metrics(main)
+    # the variant a snapshot taken elsewhere often is, so it can be compared like with like
+    if k["mode"] == "train":
+        other = estimate_memory(cfg, k["batch"], k["ctx"], "train", k["dtype"], step="first", target="cuda")
+        name = "first_step"
+    else:
+        other = estimate_memory(cfg, k["batch"], k["ctx"], "forward", k["dtype"], grad=True, target="cuda")
+        name = "with_grad"
+    metrics["variants"] = {name: {key: getattr(other, key) for key in
+                                  ("peak_bytes", "breakdown", "weight_copies_bytes", "phase_peaks", "peak_phase",
+                                   "initial_bytes", "final_bytes")}}
+    metrics["target"] = "cuda"
+    return {"metrics": metrics}
+
+
+# --- CPU check -----------------------------------------------------------------------------------
+
+
+def _run_cpu_check(c: Cell) -> dict:
+    from lmreport.estimate.cpu_check import measure_step
+    from lmreport.estimate.memory import estimate_memory
+    cfg, k = model_config(c), c.config
+    step = k.get("step") or "steady"
+    est = estimate_memory(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step, target="cpu")
+    real = measure_step(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step)
+    return {"metrics": {
+        "estimated_peak_bytes": est.peak_bytes, "measured_peak_bytes": real.peak_bytes,
+        "baseline_bytes": real.baseline_bytes, "estimated_initial_bytes": est.initial_bytes,
+        "measured_rise_bytes": real.rise_bytes, "profiler_memory_events": real.memory_events,
+        "relative_error": est.peak_bytes / real.peak_bytes - 1, "estimated_breakdown": est.breakdown,
+    }}
+
+
+# --- measured (CUDA) -------------------------------------------------------------------------------
+
+
+def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CellSkipped("needs a CUDA GPU: run `lmreport run memory` on a CUDA machine, or record a snapshot "
+                          "there and `lmreport ingest memory FILE --size ... --ctx ... --mode ...`")
+    from lmreport import safe_pickle
+    from lmreport.ingest.snapshot import record_metrics, summarize, write_viewer
+    from lmreport.ingest.snapshot_format import normalize
+    from lmreport.ingest.snapshot_replay import Phase, annotation_phases
+    from lmreport.workloads import make_workload
+
+    k = c.config
+    w = make_workload(model_config(c), k["batch"], k["ctx"], k["mode"], device="cuda", dtype=k["dtype"])
+    for _ in range(WARMUP_STEPS):
+        w.step()
+        torch.cuda.synchronize()
+    w.model.zero_grad(set_to_none=True)  # the measured step starts as Workload.step would leave it
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    spans: list[tuple[str, int, int]] = []
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        # wall-clock µs, the clock of the trace's time_us (system clock, µs since the epoch)
+        torch.cuda.synchronize()
+        start = time.time_ns() // 1000
+        with torch.profiler.record_function(name):
+            yield
+        torch.cuda.synchronize()
+        spans.append((name, start, time.time_ns() // 1000))
+
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    path = artifacts_dir / "snapshot.pickle"
+    torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES)
+    try:
+        try:
+            w.step(phase)
+            torch.cuda.synchronize()
+        finally:  # also after an OOM: the snapshot shows what filled the GPU
+            torch.cuda.memory._dump_snapshot(str(path))
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    max_allocated, max_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+
+    raw = safe_pickle.load(path)
+    snap = normalize(raw, path)
+    device = torch.cuda.current_device()
+    trace = snap.trace_of(device)
+    t0 = trace[0].get("time_us") if trace else None
+    phases = annotation_phases(snap.annotations, device, t0)
+    if t0 is not None:
+        phases += [Phase(n, (a - t0) / 1e3, (b - t0) / 1e3) for n, a, b in spans]
+    summary = summarize(path, phases=sorted(phases, key=lambda p: p.start_ms) or None, snapshot=snap)
+    viewer, note = write_viewer(snap, raw, artifacts_dir / "memory_viz.html")
+    metrics = record_metrics(summary)
+    metrics.update({"max_allocated_bytes": max_allocated, "max_reserved_bytes": max_reserved,
+                    "warmup_steps": WARMUP_STEPS, "viewer_note": note,
+                    "source_file": {"path": path.name, "bytes": path.stat().st_size}})
+    artifacts = {"snapshot": path.name}
+    if viewer is not None:
+        artifacts["viewer"] = viewer.name
+    return {"metrics": metrics, "artifacts": artifacts}

@@ -1,0 +1,329 @@
+"""Memory section: where memory goes in a forward pass and a training step.
+
+Measured numbers come from CUDA memory snapshots (recorded by `lmreport run memory` on a
+GPU, or ingested with `lmreport ingest memory`); estimated numbers come from the same step
+replayed on fake tensors at full size (lmreport.estimate). Both are labelled, side by side
+when both exist, next to the accounting formula (A-a). Without any record the section still
+shows the formulas and the commands that produce the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmreport import accounting as acc
+from lmreport import store
+from lmreport.ingest.snapshot_frames import autograd_node
+from lmreport.report.context import SectionView
+from lmreport.sections import Section
+
+SECTION = Section(
+    name="memory", title="Memory profiling", order=50,
+    experiment="lmreport.experiments.memory", report="lmreport.report.sections.memory",
+    summary="CUDA memory snapshots, full-size estimates on fake tensors, timelines and largest allocations")
+
+MODES = ("forward", "train")
+DTYPES = ("fp32", "bf16")
+CHECK_TOLERANCE = 0.05  # issue 4: the estimate within 5% of memory really allocated on CPU
+
+
+def _variant(cfg: dict) -> str:
+    if cfg.get("mode") == "train" and cfg.get("step") == "first":
+        return "first_step"
+    if cfg.get("mode") == "forward" and cfg.get("grad"):
+        return "with_grad"
+    return ""
+
+
+def _source_label(src: str | None) -> dict:
+    """How to show where an allocation comes from: a code frame, a backward node, or nothing."""
+    if not src:
+        return {"kind": "none", "text": ""}
+    if src.startswith("autograd:"):
+        return {"kind": "autograd", "text": src.split(":", 1)[1]}
+    node = autograd_node(src)
+    if node:
+        return {"kind": "autograd", "text": node}
+    return {"kind": "code", "text": src}
+
+
+def _records(view: SectionView, source: str) -> list[dict]:
+    return [r for r in view.records if r["config"].get("source") == source]
+
+
+def _grid(view: SectionView, size: str, contexts, batch: int, cfg, swiglu: bool) -> list[dict]:
+    est = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r
+           for r in _records(view, "estimated") if r["status"] == "ok" and r["config"]["size"] == size}
+    meas: dict[tuple, dict] = {}
+    for r in _records(view, "measured"):
+        k = r["config"]
+        if k.get("size") != size:
+            continue
+        key = (k["ctx"], k["mode"], k["dtype"], _variant(k))
+        if key not in meas or (r["status"] == "ok" and meas[key]["status"] != "ok"):
+            meas[key] = r
+    rows = []
+    for ctx in contexts:
+        formula = acc.peak_memory_bytes(cfg, batch, ctx, swiglu)
+        for mode in MODES:
+            for dtype in DTYPES:
+                e = est.get((ctx, mode, dtype))
+                variants = [""] + sorted({v for (c, m, d, v) in meas if (c, m, d) == (ctx, mode, dtype) and v})
+                for variant in variants:
+                    em = None
+                    if e is not None:
+                        em = e["metrics"] if not variant else (e["metrics"].get("variants") or {}).get(variant)
+                    mr = meas.get((ctx, mode, dtype, variant))
+                    m = None
+                    if mr is not None:
+                        m = {"status": mr["status"], "error": mr.get("error"), "cell": mr["cell"],
+                             "ingested": bool(mr["config"].get("ingested"))}
+                        if mr["status"] == "ok":
+                            mm = mr["metrics"]
+                            m.update(peak=mm["peak_active_bytes"], reserved=mm["peak_reserved_bytes"],
+                                     max_allocated=mm.get("max_allocated_bytes"), phase=mm.get("peak_phase"))
+                    rows.append({
+                        "ctx": ctx, "mode": mode, "dtype": dtype, "variant": variant,
+                        "est": None if em is None else {"peak": em["peak_bytes"], "phase": em.get("peak_phase"),
+                                                         "breakdown": em["breakdown"],
+                                                         "weight_copies": em.get("weight_copies_bytes", 0)},
+                        "meas": m,
+                        "ratio": (m["peak"] / em["peak_bytes"]) if em and m and m.get("peak") else None,
+                        "formula": formula["total"] if mode == "train" else formula["parameters"],
+                        "formula_kind": "A-a total (fp32)" if mode == "train" else "parameters (fp32)",
+                    })
+    return rows
+
+
+def _canonical(rows, ctx, mode, dtype):
+    return next((r for r in rows if (r["ctx"], r["mode"], r["dtype"], r["variant"]) == (ctx, mode, dtype, "")), None)
+
+
+def _mixed_precision(rows, contexts) -> list[dict]:
+    """M-c: bf16 against fp32, per context and mode (estimated; measured when both exist)."""
+    out = []
+    for ctx in contexts:
+        for mode in MODES:
+            a, b = _canonical(rows, ctx, mode, "fp32"), _canonical(rows, ctx, mode, "bf16")
+            if not (a and b and a["est"] and b["est"]):
+                continue
+            ea, eb = a["est"], b["est"]
+            row = {"ctx": ctx, "mode": mode, "fp32": ea["peak"], "bf16": eb["peak"], "delta": eb["peak"] - ea["peak"],
+                   "rel": eb["peak"] / ea["peak"] - 1,
+                   "act_fp32": ea["breakdown"]["activations"], "act_bf16": eb["breakdown"]["activations"],
+                   "tmp_fp32": ea["breakdown"]["temporaries"], "tmp_bf16": eb["breakdown"]["temporaries"],
+                   "weight_copies": eb["weight_copies"], "measured": None}
+            ma, mb = a["meas"], b["meas"]
+            if ma and mb and ma.get("peak") and mb.get("peak"):
+                row["measured"] = {"fp32": ma["peak"], "bf16": mb["peak"], "rel": mb["peak"] / ma["peak"] - 1}
+            out.append(row)
+    return out
+
+
+def _estimated_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
+    cells: dict[int, dict[str, dict]] = {}
+    for r in _records(view, "estimated"):
+        k = r["config"]
+        if r["status"] == "ok" and k["size"] == size and k["mode"] == mode:
+            cells.setdefault(k["ctx"], {})[k["dtype"]] = r["metrics"]
+    return cells
+
+
+def _measured_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
+    cells: dict[int, dict[str, dict]] = {}
+    for r in _records(view, "measured"):
+        k = r["config"]
+        if r["status"] == "ok" and k.get("size") == size and k["mode"] == mode and not _variant(k):
+            cells.setdefault(k["ctx"], {})[k["dtype"]] = r["metrics"]
+    return cells
+
+
+def _phase_story(m: dict | None) -> dict | None:
+    """Numbers that describe a timeline: start, highest point of each phase, end."""
+    if not m:
+        return None
+    return {"initial": m["initial_bytes"], "final": m["final_bytes"], "peak": m["peak_bytes"],
+            "peak_phase": m.get("peak_phase"), "phases": m.get("phase_peaks", {}), "breakdown": m["breakdown"],
+            "weight_copies": m.get("weight_copies_bytes", 0)}
+
+
+def _top(view, size, ctxs) -> dict:
+    """M-e: the largest allocations, measured (snapshot frames) and estimated (model lines / backward nodes)."""
+    out = {"measured": None, "estimated": None}
+    order = [(ctx, mode, dtype) for ctx in sorted(ctxs, reverse=True) for mode in ("train", "forward")
+             for dtype in DTYPES]
+    meas = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "measured")
+            if r["status"] == "ok" and r["config"].get("size") == size and not _variant(r["config"])}
+    for key in order:
+        if key in meas:
+            r = meas[key]
+            out["measured"] = {"ctx": key[0], "mode": key[1], "dtype": key[2], "cell": r["cell"],
+                               "rows": [{**a, "where": _source_label(a["frame"])} for a in r["metrics"]["top_allocations"]],
+                               "provenance": view.provenance([r])["line"]}
+            break
+    est = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "estimated")
+           if r["status"] == "ok" and r["config"]["size"] == size}
+    for key in order:
+        if key in est:
+            r = est[key]
+            out["estimated"] = {"ctx": key[0], "mode": key[1], "dtype": key[2],
+                                "rows": [{**a, "where": _source_label(a["source"])}
+                                         for a in r["metrics"]["top_allocations"]],
+                                "provenance": view.provenance([r])["line"]}
+            break
+    return out
+
+
+def _other_snapshots(view, size, contexts) -> list[dict]:
+    """Measured records outside the edition's grid (ingested snapshots of other configurations)."""
+    out = []
+    for r in _records(view, "measured"):
+        k = r["config"]
+        if r["status"] != "ok" or (k.get("size") == size and k.get("ctx") in contexts):
+            continue
+        m = r["metrics"]
+        out.append({"cell": r["cell"], "config": k, "peak": m["peak_active_bytes"], "reserved": m["peak_reserved_bytes"],
+                    "initial": m["initial_active_bytes"], "events": m["trace_events"], "phase": m.get("peak_phase"),
+                    "file": (m.get("source_file") or {}).get("path"), "provenance": view.provenance([r])["line"],
+                    "top": [{**a, "where": _source_label(a["frame"])} for a in m["top_allocations"][:5]]})
+    return out
+
+
+def _viewers(view) -> list[dict]:
+    out = []
+    for r in _records(view, "measured"):
+        name = (r.get("artifacts") or {}).get("viewer")
+        if r["status"] == "ok" and name and r.get("_path"):
+            p = store.artifacts_dir(Path(r["_path"])) / name
+            try:
+                shown = os.path.relpath(p)
+            except ValueError:
+                shown = str(p)
+            out.append({"cell": r["cell"], "path": shown})
+    return out
+
+
+def _cpu_checks(view) -> dict:
+    rows = []
+    for r in _records(view, "cpu_check"):
+        if r["status"] != "ok":
+            continue
+        m, k = r["metrics"], r["config"]
+        rows.append({"size": k["size"], "ctx": k["ctx"], "mode": k["mode"], "dtype": k["dtype"],
+                     "estimated": m["estimated_peak_bytes"], "measured": m["measured_peak_bytes"],
+                     "error": m["relative_error"], "ok": abs(m["relative_error"]) <= CHECK_TOLERANCE})
+    rows.sort(key=lambda x: (x["size"], x["mode"], x["dtype"]))
+    recs = [r for r in _records(view, "cpu_check") if r["status"] == "ok"]
+    return {"rows": rows, "all_ok": bool(rows) and all(x["ok"] for x in rows),
+            "max_error": max((abs(x["error"]) for x in rows), default=None), "tolerance": CHECK_TOLERANCE,
+            "provenance": view.provenance(recs)["line"] if recs else None}
+
+
+def _figures(view, size, ed_contexts) -> dict:
+    from lmreport.report.sections import _memory_figures as figs
+    out = {"estimated": dict.fromkeys(MODES), "measured": dict.fromkeys(MODES), "peaks": None, "snapshots": []}
+    for mode in MODES:
+        cells = _estimated_metrics(view, size, mode)
+        if cells:
+            f, md = view.figure_path(f"estimated-{mode}")
+            figs.estimated_timelines(cells, f"{size}, {'forward (inference)' if mode == 'forward' else 'training step'}:"
+                                     " estimated memory by category", f)
+            out["estimated"][mode] = md + ".png"
+        mcells = _measured_metrics(view, size, mode)
+        if mcells:
+            f, md = view.figure_path(f"measured-{mode}")
+            figs.measured_timelines(mcells, f"{size}, {'forward' if mode == 'forward' else 'training step'}: "
+                                    "measured active memory (CUDA snapshots)", f)
+            out["measured"][mode] = md + ".png"
+    series = []
+    for source in ("estimated", "measured"):
+        for mode in MODES:
+            for dtype in DTYPES:
+                pts = sorted((r["config"]["ctx"], r["metrics"]["peak_bytes" if source == "estimated" else "peak_active_bytes"])
+                             for r in _records(view, source) if r["status"] == "ok" and r["config"].get("size") == size
+                             and r["config"]["mode"] == mode and r["config"]["dtype"] == dtype
+                             and not _variant(r["config"]))
+                if pts:
+                    series.append({"label": f"{source} {mode} {dtype}", "ctx": [p[0] for p in pts],
+                                   "peak_bytes": [p[1] for p in pts], "measured": source == "measured"})
+    if series:
+        f, md = view.figure_path("peaks")
+        figs.peaks_by_context(series, f)
+        out["peaks"] = md + ".png"
+    for r in _records(view, "measured"):
+        k = r["config"]
+        if r["status"] == "ok" and (_variant(k) or k.get("size") != size or k.get("ctx") not in ed_contexts):
+            f, md = view.figure_path(f"snapshot-{r['cell']}")
+            figs.measured_timeline(r["metrics"], f"{r['cell']}: measured active memory", f)
+            out["snapshots"].append({"cell": r["cell"], "path": md + ".png"})
+    return out
+
+
+def build(view: SectionView) -> dict:
+    ed = view.edition
+    size = ed.memory_model
+    cfg = ed.study_models[size]
+    batch = ed.batch_size
+    contexts = list(ed.memory_contexts)
+    swiglu = ed.swiglu_activations
+    rows = _grid(view, size, contexts, batch, cfg, swiglu)
+    est_recs = [r for r in _records(view, "estimated") if r["status"] == "ok"]
+    meas_all = _records(view, "measured")
+    meas_ok = [r for r in meas_all if r["status"] == "ok"]
+    skipped = [r for r in meas_all if r["status"] == "skipped"]
+    largest = max(contexts)
+    stories = {mode: {dtype: _phase_story(_estimated_metrics(view, size, mode).get(largest, {}).get(dtype))
+                      for dtype in DTYPES} for mode in MODES}
+    smallest_story = {mode: _phase_story(_estimated_metrics(view, size, mode).get(min(contexts), {}).get("fp32"))
+                      for mode in MODES}
+    first_vs_steady = [
+        {"ctx": r["ctx"], "dtype": r["dtype"], "steady": r["est"]["peak"], "steady_phase": r["est"]["phase"],
+         "first": f["est"]["peak"], "first_phase": f["est"]["phase"]}
+        for r in rows if r["mode"] == "train" and r["variant"] == "" and r["est"]
+        for f in [_est_variant(view, size, r["ctx"], "train", r["dtype"], "first_step")] if f]
+    with_grad = [
+        {"ctx": r["ctx"], "dtype": r["dtype"], "inference": r["est"]["peak"], "grad": f["est"]["peak"]}
+        for r in rows if r["mode"] == "forward" and r["variant"] == "" and r["est"]
+        for f in [_est_variant(view, size, r["ctx"], "forward", r["dtype"], "with_grad")] if f]
+    residual = [{"ctx": t, "bytes": acc.residual_activation_bytes(ed.residual_batch, t, cfg.d_model),
+                 "batch": ed.residual_batch} for t in ed.residual_contexts]
+    gpu_profile = f"handout-{ed.year}"
+    mixed = _mixed_precision(rows, contexts)
+    mixed_summary = {f"{mode}_{way}": [str(m["ctx"]) for m in mixed if m["mode"] == mode and (m["delta"] < 0) == (way == "lower")]
+                     for mode in MODES for way in ("lower", "higher")}
+    sizes = {"ffn_weight": 4 * cfg.d_model * cfg.d_ff, "embedding": 4 * cfg.vocab_size * cfg.d_model,
+             "attn_weight": 4 * cfg.d_model * cfg.d_model,
+             "scores": [{"ctx": t, "bytes": 4 * batch * cfg.num_heads * t * t} for t in contexts]}
+    return {
+        "edition": ed, "size": size, "cfg": cfg, "batch": batch, "contexts": contexts, "largest": largest,
+        "params": acc.parameter_count(cfg), "rows": rows,
+        "has_estimates": bool(est_recs), "has_measured": bool(meas_ok),
+        "skipped": {"count": len(skipped), "reason": skipped[0]["error"] if skipped else None},
+        "estimated_line": view.provenance(est_recs)["line"] if est_recs else None,
+        "measured_line": view.provenance(meas_ok)["line"] if meas_ok else None,
+        "grid_line": view.provenance(est_recs + meas_ok)["line"] if (est_recs or meas_ok) else view.provenance([])["line"],
+        "mixed": mixed, "mixed_summary": mixed_summary, "sizes": sizes,
+        "stories": stories, "smallest_story": smallest_story,
+        "first_vs_steady": first_vs_steady, "with_grad": with_grad,
+        "top": _top(view, size, contexts),
+        "others": _other_snapshots(view, size, contexts),
+        "viewers": _viewers(view),
+        "checks": _cpu_checks(view),
+        "figures": _figures(view, size, contexts),
+        "residual": residual,
+        "formula_latex": acc.latex(acc.memory_exprs(swiglu)["total"]),
+        "run_command": view.run_command(),
+        "gpu_command": f"lmreport run memory --profile {gpu_profile}",
+        "ingest_command": f"lmreport ingest memory FILE --size {size} --ctx N --mode forward|train --dtype fp32|bf16",
+    }
+
+
+def _est_variant(view, size, ctx, mode, dtype, variant) -> dict | None:
+    for r in _records(view, "estimated"):
+        k = r["config"]
+        if r["status"] == "ok" and (k["size"], k["ctx"], k["mode"], k["dtype"]) == (size, ctx, mode, dtype):
+            v = (r["metrics"].get("variants") or {}).get(variant)
+            if v:
+                return {"est": {"peak": v["peak_bytes"], "phase": v.get("peak_phase"), "breakdown": v["breakdown"]}}
+    return None
