@@ -177,3 +177,24 @@ def test_softmax_flops_count_the_score_elements_the_model_softmaxes(size, batch,
     with torch.no_grad(), counter:
         model(ids)
     assert acc.attention_softmax_flops(cfg, batch, ctx) == acc.SOFTMAX_FLOPS_PER_SCORE * counter.elements
+
+
+def test_foreign_exports_render_with_what_they_have(samples_dir, tmp_path):
+    runs = tmp_path / "runs"
+    nsys_dir = samples_dir / "nsys"
+    cases = [([nsys_dir / "ayush-os_nsight-systems-deep-dive__README_stats_table.md"], "small", 128, "forward", 1, None),
+             ([nsys_dir / "gujialiang123_MOEresearch__AT_OFF_CG_OFF_cuda_gpu_kern_sum.csv",
+               nsys_dir / "gujialiang123_MOEresearch__AT_OFF_CG_OFF_cuda_api_sum.csv"], "medium", 256, "train", None,
+              "NVIDIA H100 80GB HBM3")]
+    for files, size, ctx, mode, run, device in cases:
+        args = types.SimpleNamespace(size=size, ctx=ctx, mode=mode, dtype="fp32", batch=None, steps=None, device=device,
+                                     host=None, run=run, runs_dir=runs)
+        ingest.ingest_files(files, args, PLAN)
+    ctx = section.build(view_of(runs, tmp_path / "figures"))
+    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
+    assert ctx["has_data"] and ctx["forward_rows"] == []  # no NVTX "forward" range, no step count
+    assert "**Mixed devices:** NVIDIA H100 80GB HBM3; unknown GPU (ingested nsys export)" in md
+    assert "| small | 128 | `vectorAdd` | elementwise | 100.0% | – |" in md
+    train = next(k for k in ctx["kernel_rows"] if k["step"])
+    assert train["step"]["top"]["name"] == "cutlass::device_kernel<GemmUniversal>" and train["forward"] is None
+    assert "no time per forward pass to compare" in md

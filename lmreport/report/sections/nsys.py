@@ -203,8 +203,11 @@ def _forward_time_row(view: SectionView, r: dict) -> dict | None:
     py = (m.get("python_timing") or {}).get("forward_ms")
     bench = _bench_match(view, r)
     bench_fwd = (bench or {}).get("metrics", {}).get("forward_ms")
-    return {"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "nvtx_ms": nvtx_ms,
-            "nvtx_n": fwd["instances"] if fwd else None, "kernel_ms": kview["per_pass_ms"] if kview else None,
+    kernel_ms = kview["per_pass_ms"] if kview else None
+    if nvtx_ms is None and kernel_ms is None:
+        return None  # an export without NVTX ranges or step count: nothing per pass to compare
+    return {"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "nvtx_ms": nvtx_ms, "record": r,
+            "nvtx_n": fwd["instances"] if fwd else None, "kernel_ms": kernel_ms,
             "python_nsys_ms": py["mean"] if py else None, "bench_ms": bench_fwd["mean"] if bench_fwd else None,
             "bench_std_ms": bench_fwd.get("std") if bench_fwd else None, "bench": bench,
             "diff": (nvtx_ms / bench_fwd["mean"] - 1) if nvtx_ms and bench_fwd else None}
@@ -351,7 +354,7 @@ def build(view: SectionView) -> dict:
     attention_fwd = [a for a in attention_rows if a["mode"] == "forward"] or attention_rows
 
     # Class shares per cell, and the plot.
-    class_rows = []
+    class_rows, class_records = [], []
     for r in ok:
         v = view_of(forward_kernels(r) if r["config"]["mode"] == "forward" else step_kernels(r))
         if v:
@@ -359,6 +362,7 @@ def build(view: SectionView) -> dict:
                                "scope": "forward pass" if r["config"]["mode"] == "forward" else "training step"
                                if r["config"]["mode"] == "train" else "forward + backward",
                                "shares": v["shares"], "ms": v["per_pass_ms"], "warmup": v["includes_warmup"]})
+            class_records.append(r)
     figure = _plot(view, class_rows)
 
     example = {**INGEST_EXAMPLE, "size": INGEST_EXAMPLE["size"] if INGEST_EXAMPLE["size"] in ed.study_models
@@ -386,9 +390,13 @@ def build(view: SectionView) -> dict:
         "oom_limits": _longest_fitting(ok, records),
         "provenance": view.provenance(ok)["line"] if ok else view.provenance([])["line"],
         "forward_rows": forward_rows,
-        "forward_provenance": view.provenance(ok + bench_used)["line"],
+        "forward_provenance": view.provenance([row["record"] for row in forward_rows] + bench_used)["line"],
         "kernel_rows": kernel_rows,
-        "kernel_provenance": view.provenance(ok)["line"],
+        "kernel_provenance": view.provenance([x for k in kernel_rows if k["forward"] for x in k["records"]])["line"],
+        "step_provenance": view.provenance([x for k in kernel_rows if k["step"] for x in k["records"]])["line"],
+        "formula_provenance": view.provenance([])["line"],
+        "attention_provenance": view.provenance([a["record"] for a in attention_fwd])["line"],
+        "class_provenance": view.provenance(class_records)["line"],
         "attention_flops": flops,
         "attention_rows": attention_fwd,
         "softmax_flops_per_score": acc.SOFTMAX_FLOPS_PER_SCORE,
