@@ -57,7 +57,7 @@ def test_cells_of_each_profile():
                              "dtype": "fp32", "batch": 4, "warmup": 5, "steps": 10}
     h26 = ex.cells(plan("handout-2026"))
     assert {c.config["size"] for c in h26} == {"small", "large"}
-    assert sorted({c.config["ctx"] for c in h26}) == [256, 512, 1024, 2048, 4096]
+    assert sorted({c.config["ctx"] for c in h26}) == [256, 512, 1024, 2048, 4096, 8192, 16384]
     cpu = ex.cells(plan("cpu"))
     assert [c.name for c in cpu][:2] == ["tiny-ctx64-forward-fp32", "tiny-ctx64-train-fp32"] and len(cpu) == 8
 
