@@ -40,6 +40,7 @@ PHASE_METRICS = {"forward": "forward_ms", "backward": "backward_ms", "optimizer 
 # Square matmul sizes: big enough to reach the BLAS's steady rate, small enough to take
 # well under a second per product (2 n^3 FLOPs: 17 GFLOP on a CPU, 1.1 TFLOP on a GPU).
 MATMUL_N = {"cpu": 2048, "cuda": 8192}
+MATMUL_MIN_RUN_TIME_S = 1.0  # Timer.blocked_autorange keeps measuring blocks for at least this long
 
 _cells_run_in_this_process = 0  # B-c: warm-up matters most in a fresh process
 
@@ -206,7 +207,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
         if not torch.cuda.is_available():  # the runner checks `requires` too; a direct call must not crash
             raise CellSkipped("needs a CUDA GPU; run `lmreport run bench` on a CUDA machine")
     if config["experiment"] == "matmul":
-        return {"metrics": measure_matmul(config["device"], config["dtype"], config["n"])}
+        return {"metrics": measure_matmul(config["device"], config["dtype"], config["n"], MATMUL_MIN_RUN_TIME_S)}
     if config["experiment"] == "step":
         return run_step(config, artifacts_dir)
     raise ValueError(f"unknown bench experiment {config['experiment']!r}")

@@ -140,17 +140,26 @@ def bf16_speedup_figure(view: SectionView, comparison: dict) -> str | None:
             pts = [(sizes.index(p["size"]), p["speedup"]) for p in ok if p["mode"] == mode and p["ctx"] == ctx]
             ax.plot(*zip(*pts), marker="o", label=f"ctx {ctx}")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log", base=2)  # a ratio: 2x faster and 2x slower sit symmetrically around 1
         ax.set_xticks(range(len(sizes)), sizes)
         ax.set_title(MODE_TITLES[mode])
         ax.set_xlabel("model size")
     axes[0][0].set_ylabel("fp32 time / bf16 time")
-    axes[0][-1].legend()
+    _legend(axes[0])
     path, rel = view.figure_path("bf16-speedup")
     plots.save(fig, path)
     return rel + ".png"
 
 
 # --- figures ----------------------------------------------------------------------------------
+
+
+def _legend(axes, **kw) -> None:
+    """One legend, on the last panel that has labelled lines."""
+    for ax in reversed(list(axes)):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**kw)
+            return
 
 
 def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
@@ -173,7 +182,7 @@ def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
         ax.set_title(MODE_TITLES[mode])
         ax.set_xlabel("context length")
     axes[0][0].set_ylabel("step time (ms)")
-    axes[0][-1].legend(ncols=2)
+    _legend(axes[0], ncols=2)
     path, rel = view.figure_path("time-vs-context")
     plots.save(fig, path)
     return rel + ".png"
@@ -181,9 +190,10 @@ def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
 
 def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
     """Measured step times in order, one line per warm-up count, for the largest size measured."""
-    if not groups:
+    measured = [g for g in groups if any(e["ok"] for e in g["by_warmup"])]
+    if not measured:
         return None
-    size = groups[-1]["size"]
+    size = measured[-1]["size"]
     mine = [g for g in groups if g["size"] == size]
     fig, axes = plots.new_figure(ncols=len(mine), squeeze=False, figsize=(3.2 * len(mine), 3.0))
     for ax, g in zip(axes[0], mine):
@@ -195,7 +205,7 @@ def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
         ax.set_title(f"{size}, {MODE_TITLES[g['mode']]}")
         ax.set_xlabel("measured step")
     axes[0][0].set_ylabel("step time (ms)")
-    axes[0][-1].legend()
+    _legend(axes[0])
     path, rel = view.figure_path("warmup-ablation")
     plots.save(fig, path)
     return rel + ".png"
@@ -295,6 +305,7 @@ def compile_comparison(view: SectionView, records: list[dict], grid: list[dict],
 
 
 def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
+    order = {d: i for i, d in enumerate(view.profile.bench_dtypes)}
     out = []
     for r in records:
         if kind_of(r) != "matmul":
@@ -303,7 +314,7 @@ def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
         out.append({"cell": r["cell"], "device": r["config"]["device"], "dtype": r["config"]["dtype"],
                     "n": r["config"]["n"], "ok": ok, "status_label": STATUS_LABELS[r["status"]],
                     "error": r.get("error"), "metrics": r["metrics"] if ok else None, "record": r})
-    return out
+    return sorted(out, key=lambda m: (m["device"], order.get(m["dtype"], len(order))))
 
 
 def _device_type(records: list[dict]) -> str | None:
@@ -344,4 +355,5 @@ def build(view: SectionView) -> dict:
         "precisions": peaks.PRECISIONS,
         "matmul_cell": {dt: matmul_cell_name(prof.device, dt) for dt in prof.bench_dtypes},
         "run_command": view.run_command(),
+        "formula_line": view.provenance([])["line"],
     }

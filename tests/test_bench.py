@@ -1,0 +1,199 @@
+"""The benchmark: cells follow the record contract, metrics are computed from formulas and
+measurements, OOM is a row of the table, and every answer renders with and without records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lmreport import accounting as acc
+from lmreport import peaks, runner, store
+from lmreport.experiments import bench
+from lmreport.presets import CPU_MODELS, resolve
+from lmreport.report.context import SectionView
+from lmreport.report.render import jinja_env
+from lmreport.sections import get
+
+CPU_PROFILE, ED25 = resolve("cpu", 2025, False)
+# A cut-down cpu profile: one tiny context and few steps, so a whole sweep takes seconds.
+SMALL = dataclasses.replace(CPU_PROFILE, contexts=(16,), warmup_steps=1, measure_steps=3,
+                            warmup_ablation=(0, 2), compile_sizes=(), compile_contexts=())
+SMALL_NO_COMPILE = runner.Plan(SMALL, ED25)
+CONTRACT_METRICS = {"step_ms", "forward_ms", "tokens_per_s", "achieved_tflops", "mfu", "peak_tflops", "peak_source"}
+
+
+def test_cells_follow_the_contract():
+    plan = runner.Plan(CPU_PROFILE, ED25)
+    cells = bench.cells(plan)
+    names = [c.name for c in cells]
+    assert names[:2] == ["matmul-cpu-fp32", "matmul-cpu-bf16"]  # the CPU peak runs before the cells that use it
+    assert len(names) == len(set(names))
+    assert "mini-ctx128-forward_backward-bf16" in names and "tiny-ctx64-forward-fp32-warmup0" in names
+    assert {n for n in names if n.endswith("-compiled")} == {"tiny-ctx64-forward-fp32-compiled",
+                                                          "tiny-ctx64-train-fp32-compiled"}
+    for c in cells:
+        if c.config["experiment"] == "step":
+            assert {"size", "ctx", "batch", "mode", "dtype", "compiled", "warmup", "steps"} <= set(c.config)
+            assert c.requires == "any"
+    grid = [c for c in cells if c.config["experiment"] == "step" and not c.config["compiled"]
+            and "-warmup" not in c.name]
+    assert len(grid) == 2 * 2 * 3 * 2  # sizes x contexts x modes x dtypes
+    assert {c.config["warmup"] for c in cells if "-warmup" in c.name} == {0, 1, 2, 5}
+
+
+@pytest.mark.parametrize("name,year,sizes,contexts", [("handout-2025", 2025, 5, (128, 256, 512, 1024)),
+                                                     ("handout-2026", 2026, 5, (512,))])
+def test_handout_profiles_cover_the_table(name, year, sizes, contexts):
+    prof, ed = resolve(name, None, True)
+    cells = bench.cells(runner.Plan(prof, ed))
+    grid = [c for c in cells if c.config.get("experiment") == "step" and not c.config["compiled"]
+            and "-warmup" not in c.name]
+    assert {c.config["size"] for c in grid} == set(ed.study_models) and len(ed.study_models) == sizes
+    assert tuple(sorted({c.config["ctx"] for c in grid})) == contexts
+    assert {c.config["mode"] for c in grid} == {"forward", "forward_backward", "train"}
+    assert all(c.requires == "cuda" and c.config["warmup"] == 5 and c.config["steps"] == 10 for c in grid)
+
+
+def test_step_flops_follow_the_accounting():
+    cfg = CPU_MODELS["tiny"]
+    f = acc.forward_flops(cfg, 4, 64)
+    assert bench.step_flops(cfg, 4, 64, "forward") == (f, "F")
+    assert bench.step_flops(cfg, 4, 64, "forward_backward") == (3 * f, "3F")
+    assert bench.step_flops(cfg, 4, 64, "train")[0] == 3 * f + 14 * acc.parameter_count(cfg)
+
+
+@pytest.mark.parametrize("device,expected", [
+    ("NVIDIA A100-SXM4-80GB", "A100 (SXM4 / PCIe)"), ("NVIDIA A100 80GB PCIe", "A100 (SXM4 / PCIe)"),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM5"), ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA H100 NVL", "H100 NVL"),
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA B200", "B200 (HGX)")])
+def test_peak_table_matches_device_names(device, expected):
+    assert peaks.lookup(device).name == expected
+
+
+def test_peak_table_agrees_with_the_handout_and_says_its_source():
+    assert peaks.lookup("NVIDIA A100-SXM4-40GB").tflops["fp32"] == ED25.training_time.peak_flops / 1e12
+    h100_tf32 = resolve("cpu", 2026, False)[1].training_time.peak_flops / 1e12  # the 2026 handout's 495
+    assert peaks.lookup("NVIDIA H100 80GB HBM3").tflops["tf32"] == pytest.approx(h100_tf32, rel=0.002)
+    for p in peaks.PEAKS:
+        assert set(p.tflops) == set(peaks.PRECISIONS) and "datasheet" in p.source or "specifications" in p.source
+    assert peaks.peak_tflops("Some Other GPU", "bf16")[0] is None
+    assert peaks.matmul_precision("bf16") == "bf16" and peaks.matmul_precision("fp32", "high") == "tf32"
+    assert peaks.matmul_precision("fp32") == "fp32"
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory):
+    """A real sweep of the cut-down profile; the mini size is made to run out of memory."""
+    runs = tmp_path_factory.mktemp("runs")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench, "MATMUL_N", {"cpu": 256})
+    mp.setattr(bench, "MATMUL_MIN_RUN_TIME_S", 0.05)
+    import lmreport.workloads as workloads
+    real = workloads.make_workload
+
+    def make_workload(cfg, *args, **kw):
+        if cfg.name == "mini":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return real(cfg, *args, **kw)
+
+    mp.setattr(workloads, "make_workload", make_workload)
+    try:
+        cells = [c for c in bench.cells(SMALL_NO_COMPILE) if not c.config.get("compiled")]
+        res = runner.run_sweep(cells, runs, SMALL_NO_COMPILE.run, progress=False)
+    finally:
+        mp.undo()
+    return res, store.select(store.load_records(runs), 2025, "cpu"), cells
+
+
+def test_sweep_records_oom_and_goes_on(small_sweep):
+    res, records, cells = small_sweep
+    by = {r["cell"]: r for r in records}
+    assert len(by) == len(cells)
+    mini = [r for r in records if r["config"].get("size") == "mini"]
+    tiny = [r for r in records if r["config"].get("size") == "tiny"]
+    assert mini and all(r["status"] == "oom" and "out of memory" in r["error"] for r in mini)
+    assert tiny and all(r["status"] == "ok" for r in tiny)
+    assert res.counts["oom"] == len(mini) and res.counts.get("error", 0) == 0
+
+
+def test_metrics_follow_the_contract_and_the_formulas(small_sweep):
+    _, records, _ = small_sweep
+    by = {r["cell"]: r for r in records}
+    peak = by["matmul-cpu-fp32"]["metrics"]["tflops"]
+    r = by["tiny-ctx16-train-fp32"]
+    m = r["metrics"]
+    assert CONTRACT_METRICS | {"backward_ms", "optimizer_step_ms"} <= set(m)
+    assert m["step_ms"]["n"] == 3 and len(m["step_ms"]["samples"]) == 3 and m["first_step_ms"] > 0
+    flops = 3 * acc.forward_flops(CPU_MODELS["tiny"], 4, 16) + 14 * acc.parameter_count(CPU_MODELS["tiny"])
+    assert m["flops_per_step"] == flops
+    assert m["achieved_tflops"] == pytest.approx(flops / (m["step_ms"]["mean"] / 1e3) / 1e12)
+    assert m["tokens_per_s"] == pytest.approx(4 * 16 / (m["step_ms"]["mean"] / 1e3))
+    assert m["peak_tflops"] == peak and "measured in this run" in m["peak_source"]
+    assert m["mfu"] == pytest.approx(m["achieved_tflops"] / peak)
+    fwd = by["tiny-ctx16-forward-bf16"]["metrics"]
+    assert "backward_ms" not in fwd and fwd["peak_tflops"] == by["matmul-cpu-bf16"]["metrics"]["tflops"]
+    assert by["tiny-ctx16-forward-fp32-warmup0"]["metrics"]["first_step_ms"] is None
+
+
+def test_cpu_mfu_needs_the_matmul_record(tmp_path):
+    peak, why = bench.peak_for("cpu", "fp32", tmp_path / "bench" / "some-cell")
+    assert peak is None and "no matmul-cpu-fp32 record" in why
+
+
+def render(records, tmp_path, section="bench", plan=SMALL_NO_COMPILE) -> str:
+    s = get(section)
+    view = SectionView(s, [r for r in records if r["section"] == section], plan.edition, plan.profile,
+                       plan.run, tmp_path / "figures", all_records=tuple(records))
+    return jinja_env().get_template(s.template).render(ctx=s.report_module().build(view))
+
+
+def test_bench_section_renders_tables_oom_rows_and_plots(small_sweep, tmp_path):
+    _, records, _ = small_sweep
+    md = render(records, tmp_path)
+    assert "### forward + backward, fp32" in md and "### full training step, bf16 autocast" in md
+    assert "| mini | 16 | **OOM** |" in md and "Cells that did not run: mini at context 16" in md
+    assert md.count("Device: CPU") >= 6  # every table carries its provenance line
+    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md
+    for fig in ("bench-time-vs-context.png", "bench-warmup-ablation.png"):
+        assert (tmp_path / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
+    assert "No torch.compile records yet" in md  # this cut-down profile has no compile cells
+
+
+def test_precision_section_takes_bf16_timings_from_bench(small_sweep, tmp_path):
+    _, records, _ = small_sweep
+    md = render(records, tmp_path, section="precision")
+    assert "| tiny | 16 | forward |" in md and "| mini | 16 | forward | **OOM** | **OOM** | – |" in md
+    assert "These timings come from a CPU" in md
+    assert (tmp_path / "figures" / "precision-bf16-speedup.png").exists()
+
+
+def test_bench_section_without_records_still_answers_what_it_can(tmp_path):
+    md = render([], tmp_path, plan=runner.Plan(CPU_PROFILE, ED25))
+    assert "## The benchmarking script (a)" in md and "w = 2 and n = 5" in md
+    assert "| H100 SXM5 | 67.0 | 494.5 | 989.5 |" in md
+    assert "No benchmark records yet: run `lmreport run bench --profile cpu --edition 2025`" in md
+
+
+def test_handout_profile_on_a_cpu_machine_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
+    prof, ed = resolve("handout-2026", None, True)
+    plan = runner.Plan(prof, ed)
+    cells = [c for c in bench.cells(plan) if c.config.get("size") in (None, "small")][:6]
+    res = runner.run_sweep(cells, tmp_path, plan.run, progress=False)
+    assert res.counts == {"skipped": len(cells)}
+    records = store.select(store.load_records(tmp_path), 2026, "handout-2026")
+    md = render(records, tmp_path, plan=plan)
+    assert "Every benchmark cell of this profile was skipped here: needs a CUDA GPU" in md
+
+
+@pytest.mark.cuda
+def test_cuda_cell_uses_the_datasheet_peak(tmp_path):
+    prof, ed = resolve("handout-2025", None, True)
+    plan = runner.Plan(dataclasses.replace(prof, sizes=("small",), contexts=(128,), measure_steps=2,
+                                           warmup_steps=1), ed)
+    c = next(c for c in bench.cells(plan) if c.name == "small-ctx128-forward-bf16")
+    m = runner.execute_cell(c, tmp_path / "r.json")["metrics"]
+    assert m["peak_source"].split(" ")[0] in {p.name.split(" ")[0] for p in peaks.PEAKS} or m["peak_tflops"] is None
+    assert m["step_ms"]["mean"] > 0
