@@ -98,13 +98,14 @@ def cells(plan: Plan) -> list[Cell]:
 _COMPILED: dict[bool, Callable] = {}  # dynamic -> compiled function, one per process
 
 
-def compiled_attention(dynamic: bool) -> Callable:
+def compiled_attention(dynamic: bool = True) -> Callable:
     """The model's attention under torch.compile, compiled once per process.
 
-    With dynamic shapes one compilation serves every (d, T) of a sweep run in one process
-    (the CPU sweep); on CUDA each cell runs in its own process anyway, where static shapes give
-    the specialised kernels the comparison is about (Inductor's on-disk cache shortens the
-    later compilations).
+    With dynamic shapes (B, T and d symbolic) one compilation serves every (d, T) of a sweep
+    run in one process (the inline executor, the default without CUDA); cells that run in
+    processes of their own (the default with CUDA) find the same graph in Inductor's on-disk
+    FX graph cache instead of compiling it again, which static shapes would defeat (one graph
+    per shape).
     """
     if dynamic not in _COMPILED:
         _COMPILED[dynamic] = torch.compile(scaled_dot_product_attention, dynamic=dynamic)
@@ -234,7 +235,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
     phase_now = "setup"
     try:
         q, k, v, grad_out = random_qkv(batch, seq_len, d, device)
-        dynamic = not on_cuda
+        dynamic = True
         forward, held = attention_call(variant, q, k, v, dynamic=dynamic)
         metrics: dict = {"device": device}
         if on_cuda:
