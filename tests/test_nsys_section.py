@@ -198,3 +198,17 @@ def test_foreign_exports_render_with_what_they_have(samples_dir, tmp_path):
     train = next(k for k in ctx["kernel_rows"] if k["step"])
     assert train["step"]["top"]["name"] == "cutlass::device_kernel<GemmUniversal>" and train["forward"] is None
     assert "no time per forward pass to compare" in md
+
+
+def test_out_of_memory_cells_are_shown_with_the_longest_context_that_fits(tmp_path):
+    runs = tmp_path / "runs"
+    ingest_synthetic(tmp_path, runs)
+    rec = store.make_record("nsys", "tiny-ctx128-train-fp32", {"edition": 2025, "profile": "cpu", "size": "tiny",
+                                                              "ctx": 128, "mode": "train", "dtype": "fp32"},
+                            {"device": DEVICE, "host": "gpu1"}, "oom",
+                            error="RuntimeError: CUDA out of memory in the profiled worker: Tried to allocate 8.00 GiB")
+    store.write_record(store.record_path(runs, PLAN.run, "nsys", rec["cell"]), rec)
+    ctx = section.build(view_of(runs, tmp_path / "figures"))
+    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
+    assert ctx["oom_limits"] == [{"size": "tiny", "mode": "train", "longest_ok": 64, "first_oom": 128}]
+    assert "| tiny | 128 | train | **OOM** |" in md and "the longest context that fits is 64; 128 runs out of memory" in md

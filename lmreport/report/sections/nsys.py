@@ -388,7 +388,7 @@ def build(view: SectionView) -> dict:
         "cells": _cells_table(view, records),
         "not_ok": _not_ok(records),
         "oom_limits": _longest_fitting(ok, records),
-        "provenance": view.provenance(ok)["line"] if ok else view.provenance([])["line"],
+        "provenance": view.provenance([r for r in records if r["status"] != "skipped"])["line"],
         "forward_rows": forward_rows,
         "forward_provenance": view.provenance([row["record"] for row in forward_rows] + bench_used)["line"],
         "kernel_rows": kernel_rows,
