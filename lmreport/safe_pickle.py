@@ -16,6 +16,7 @@ Errors are one line naming the file (errors.InputFileError), never a traceback.
 
 from __future__ import annotations
 
+import gc
 import io
 import pickle
 from pathlib import Path
@@ -58,6 +59,10 @@ def load(path: str | Path):
 
 
 def _load(f, path):
+    # The cyclic garbage collector would run again and again while a large snapshot creates
+    # millions of containers (most of the load time); nothing is collectable until it returns.
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         return RestrictedUnpickler(f).load()
     except RefusedGlobal as e:
@@ -76,3 +81,6 @@ def _load(f, path):
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, UnicodeDecodeError,
             RecursionError) as e:
         raise InputFileError(path, f"not a readable pickle ({type(e).__name__}: {e})") from None
+    finally:
+        if enabled:
+            gc.enable()

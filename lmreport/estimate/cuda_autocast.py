@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-# function -> position of its dtype argument (a positional dtype means the caller chose one)
+# function -> index of its dtype argument (a dtype passed positionally means the caller chose one)
 _FP32_SET_OPT_DTYPE = {
     torch.softmax: 2, torch.log_softmax: 2,
     torch.Tensor.softmax: 2, torch.Tensor.log_softmax: 2,
@@ -39,7 +39,7 @@ class CudaAutocastRules(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         pos = _FP32_SET_OPT_DTYPE.get(func)
-        if (pos is not None and len(args) < pos and kwargs.get("dtype") is None and torch.is_autocast_enabled("cpu")
+        if (pos is not None and len(args) <= pos and kwargs.get("dtype") is None and torch.is_autocast_enabled("cpu")
                 and isinstance(args[0], torch.Tensor) and args[0].dtype in _LOW):
             kwargs = {**kwargs, "dtype": torch.float32}
         return func(*args, **kwargs)

@@ -143,7 +143,7 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
         tracker.track_existing(model.parameters(), "parameters")
         if optimizer is not None:
             tracker.track_existing(_state_tensors(optimizer), "optimizer_state")
-        tracker.track_existing((w.inputs, w.targets), "activations")
+        tracker.track_existing((w.inputs, w.targets), "batch")
         rules = CudaAutocastRules() if target == "cuda" and dtype != "fp32" else contextlib.nullcontext()
         with rules, tracker, tracker.saved_tensors_hooks():
             if mode == "forward" and grad:

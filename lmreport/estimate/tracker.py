@@ -98,7 +98,8 @@ class StorageTracker(TorchDispatchMode):
         return s
 
     def track_existing(self, tensors, category: str) -> None:
-        """Storages alive before the step (parameters, optimizer state, the batch)."""
+        """Storages alive before the step: "parameters", "optimizer_state", or "batch" (the token
+        ids, an activation when autograd saves them, else a temporary)."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
                 self._register(t, "", category)
@@ -145,7 +146,7 @@ class StorageTracker(TorchDispatchMode):
         """Marks the storages autograd saves for backward (they are activations)."""
         def pack(t: torch.Tensor):
             sid = self._live.get(t.untyped_storage()._cdata)
-            if sid is not None:
+            if sid is not None and self.storages[sid].category in (None, "batch"):
                 self.storages[sid].saved = True
             return t
         return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
@@ -158,6 +159,8 @@ class StorageTracker(TorchDispatchMode):
                 if sid is not None and self.storages[sid].category is None:
                     self.storages[sid].category = category
         for s in self.storages:
+            if s.category == "batch":  # the token ids: saved by the embedding's backward in training
+                s.category = "activations" if s.saved else "temporaries"
             if s.category is None:
                 s.category = ("temporaries" if s.weight_copy else
                               "activations" if s.saved and s.phase == "forward" else "temporaries")

@@ -26,6 +26,7 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,6 @@ from lmreport.errors import InputFileError
 from lmreport.ingest.snapshot_format import Snapshot, block_layout
 from lmreport.ingest.snapshot_frames import FrameResolver
 
-_FREES = ("free_completed", "free")
 _SEG_UP = ("segment_alloc", "segment_map")
 _SEG_DOWN = ("segment_free", "segment_unmap")
 MAX_FRAME_LOOKUPS = 200_000  # bound on frames resolved for the top allocations
@@ -125,23 +125,25 @@ def replay_device(snap: Snapshot, device: int, path: str | Path = "<snapshot>", 
     alloc_sizes, alloc_refs = array("q"), array("q")
     pre_freed: list[int] = []
     ooms: list[dict] = []
-    counts: Counter = Counter()
     has_time = bool(trace) and "time_us" in trace[0]
+    # local names: this loop runs once per trace entry (a million for a large snapshot)
+    act_append, res_append, time_append = act.append, res.append, times.append
+    size_append, ref_append, live_pop = alloc_sizes.append, alloc_refs.append, live.pop
     i = -1
     try:
+        counts = Counter(map(itemgetter("action"), trace))
         for i, e in enumerate(trace):
             a = e["action"]
-            counts[a] += 1
             if a == "alloc":
                 s = e["size"]
                 live[e["addr"]] = s
                 rel += s
-                alloc_sizes.append(s)
-                alloc_refs.append(i)
+                size_append(s)
+                ref_append(i)
                 if rel > maxrel:
                     maxrel, maxi = rel, i
-            elif a in _FREES:
-                s = live.pop(e["addr"], None)
+            elif a == "free_completed" or a == "free":
+                s = live_pop(e["addr"], None)
                 if s is None:  # allocated before recording started
                     s = e["size"]
                     freed_before += s
@@ -149,15 +151,16 @@ def replay_device(snap: Snapshot, device: int, path: str | Path = "<snapshot>", 
                 rel -= s
             elif a in _SEG_UP:
                 rres += e["size"]
-                maxres = max(maxres, rres)
+                if rres > maxres:
+                    maxres = rres
             elif a in _SEG_DOWN:
                 rres -= e["size"]
             elif a == "oom":
                 ooms.append({"event": i, "size_bytes": e.get("size"), "device_free_bytes": e.get("device_free")})
-            act.append(rel)
-            res.append(rres)
+            act_append(rel)
+            res_append(rres)
             if has_time:
-                times.append(e["time_us"])
+                time_append(e["time_us"])
     except (KeyError, TypeError) as err:
         raise InputFileError(path, f"trace entry {i} of device {device} is malformed ({type(err).__name__}: {err})") from None
 

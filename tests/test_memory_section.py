@@ -1,0 +1,145 @@
+"""The memory section: its cells for each edition, rendering with no records, with estimates,
+and with measured snapshots side by side; the CUDA recording path (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+
+import pytest
+
+from lmreport import runner, store
+from lmreport.cli import main
+from lmreport.experiments import memory as exp
+from lmreport.ingest.snapshot_synthetic import synthetic_snapshot
+from lmreport.presets import CPU_MODELS, resolve
+from lmreport.report.context import SectionView
+from lmreport.report.render import jinja_env
+from lmreport.report.sections import memory as section
+
+PROFILE, ED25 = resolve("cpu", 2025, False)
+_, ED26 = resolve("cpu", 2026, False)
+
+
+def test_cells_are_the_editions_memory_cells():
+    for ed, size, ctxs in ((ED25, "2.7B", (128, 256, 512)), (ED26, "xl", (128, 2048))):
+        cells = exp.cells(runner.Plan(PROFILE, ed))
+        est = [c for c in cells if c.config["source"] == "estimated"]
+        meas = [c for c in cells if c.config["source"] == "measured"]
+        assert len(est) == len(meas) == len(ctxs) * 2 * 2
+        assert {c.config["size"] for c in est + meas} == {size}
+        assert {c.config["ctx"] for c in est} == set(ctxs)
+        assert {(c.config["mode"], c.config["dtype"]) for c in est} == {
+            (m, d) for m in ("forward", "train") for d in ("fp32", "bf16")}
+        assert all(c.requires == "cuda" for c in meas) and all(c.requires == "any" for c in est)
+        assert len({c.name for c in cells}) == len(cells)
+        assert meas[0].name == f"measured-{size}-ctx{ctxs[0]}-forward-fp32"  # the contract's cell names
+
+
+def _render(records, ed, tmp_path) -> str:
+    view = SectionView(section.SECTION, records, ed, PROFILE, store.run_name(ed.year, PROFILE.name),
+                       tmp_path / "figures", all_records=tuple(records))
+    return jinja_env().get_template("sections/memory.md.j2").render(ctx=section.build(view))
+
+
+def test_renders_formulas_and_commands_without_records(tmp_path):
+    md = _render([], ED25, tmp_path)
+    assert "lmreport run memory --profile handout-2025" in md and "lmreport run memory --profile cpu" in md
+    assert "| 512 | train | fp32 | – |" in md  # the formula column is filled, the rest waits for records
+    assert "20.00 MiB" in md  # M-d from the accounting formula
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """A small edition whose memory model is `mini`, run for real (estimates, a CPU check, CUDA skipped)."""
+    ed = dataclasses.replace(ED25, memory_model="mini", memory_contexts=(32, 64),
+                             study_models={**ED25.study_models, "mini": CPU_MODELS["mini"]})
+    plan = runner.Plan(PROFILE, ed)
+    cells = [c for c in exp.cells(plan) if c.config["source"] != "cpu_check"
+             or (c.config["size"], c.config["mode"], c.config["dtype"]) == ("tiny", "train", "fp32")]
+    runs = tmp_path_factory.mktemp("runs")
+    # the experiment module looks models up by edition year: give it the small edition's table
+    orig = exp.model_config
+    exp.model_config = lambda c: {**ed.study_models, **CPU_MODELS}[c.config["size"]]
+    try:
+        res = runner.run_sweep(cells, runs, plan.run, progress=False)
+    finally:
+        exp.model_config = orig
+    assert res.counts["ok"] == 9 and res.counts["skipped"] == 8
+    return ed, runs, plan
+
+
+def _snapshot_file(tmp_path, name="snap.pickle", **kw):
+    obj, truth = synthetic_snapshot(events=600, seed=11, **kw)
+    f = tmp_path / name
+    f.write_bytes(pickle.dumps(obj))
+    return f, truth
+
+
+def test_estimates_render_with_figures_and_checks(small_runs, tmp_path):
+    ed, runs, plan = small_runs
+    records = store.select(store.load_records(runs), ed.year, PROFILE.name)
+    md = _render(records, ed, tmp_path)
+    for fig in ("memory-estimated-train.png", "memory-estimated-forward.png", "memory-peaks.png"):
+        assert (tmp_path / "figures" / fig).exists() and f"figures/{fig}" in md
+    est = {r["cell"]: r for r in records if r["config"]["source"] == "estimated"}
+    peak = est["estimated-mini-ctx64-train-fp32"]["metrics"]["peak_bytes"]
+    assert f"| 64 | train | fp32 | {peak / 1024**3:,.2f} |" in md
+    assert "Device: CPU" in md and "SKIPPED" in md  # provenance line; CUDA cells recorded as skipped
+    assert "How the estimate is checked" in md and "| tiny | 128 | train | fp32 |" in md
+    assert "Every estimate is within 5%" in md
+    assert "First step against a later step" in md and "(c) What mixed precision changes" in md
+
+
+def test_ingested_snapshots_show_side_by_side(small_runs, tmp_path, capsys):
+    ed, runs, plan = small_runs
+    f, truth = _snapshot_file(tmp_path)
+    g, _ = _snapshot_file(tmp_path, "other.pickle", devices=2)
+    for path, args in ((f, ["--size", "mini", "--ctx", "64", "--mode", "train"]),
+                       (g, ["--size", "large", "--ctx", "1024", "--mode", "forward", "--dtype", "bf16"])):
+        # ingest writes under the plan's run folder; this plan's folder is 2025-cpu
+        assert main(["ingest", "memory", str(path), *args, "--profile", "cpu", "--runs-dir", str(runs),
+                     "--device-name", "NVIDIA Test GPU"]) == 0
+    capsys.readouterr()
+    records = store.select(store.load_records(runs), ed.year, PROFILE.name)
+    rec = next(r for r in records if r["cell"] == "measured-mini-ctx64-train-fp32")
+    assert rec["status"] == "ok" and rec["metrics"]["peak_active_bytes"] == truth.peak_active[0]
+    md = _render(records, ed, tmp_path)
+    est_peak = next(r for r in records if r["cell"] == "estimated-mini-ctx64-train-fp32")["metrics"]["peak_bytes"]
+    ratio = truth.peak_active[0] / est_peak
+    assert f"{truth.peak_active[0] / 1024**3:,.2f} | " in md and f"| {ratio:,.3f} |" in md
+    assert "Measured (snapshot of train, context 64, fp32)" in md and "`model.py:" in md
+    assert "NVIDIA Test GPU" in md  # the measured provenance line names the GPU given at ingest
+    assert "## Other snapshots" in md and "large, context 1024, forward, bf16" in md
+    assert "memory_viz.html" in md
+    assert (tmp_path / "figures" / "memory-measured-train.png").exists()
+
+
+def test_run_memory_filters_and_skips_cuda_cells(tmp_path, capsys):
+    code = main(["run", "memory", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress",
+                 "--ctx", "128", "--mode", "forward", "--dtype", "fp32", "--size", "2.7B"])
+    err = capsys.readouterr().err
+    assert code == 0 and "1 ok, 1 skipped" in err
+    rec = json.loads((tmp_path / "2025-cpu" / "memory" / "measured-2.7B-ctx128-forward-fp32.json").read_text())
+    assert rec["status"] == "skipped" and "CUDA" in rec["error"]
+    est = json.loads((tmp_path / "2025-cpu" / "memory" / "estimated-2.7B-ctx128-forward-fp32.json").read_text())
+    assert est["metrics"]["breakdown"]["parameters"] == 4 * 3_406_809_600
+    assert est["metrics"]["variants"]["with_grad"]["peak_bytes"] > est["metrics"]["peak_bytes"]
+
+
+@pytest.mark.cuda
+def test_measured_cell_records_a_snapshot_on_cuda(tmp_path):
+    """On a GPU: the recording path end to end, and the estimate within 10%. The `small` model, so
+    that cuBLAS workspaces (up to 32 MiB per handle, not in the estimate) stay a few percent."""
+    from lmreport.estimate.memory import estimate_memory
+    plan = runner.Plan(PROFILE, ED25)
+    c = runner.cell(plan, "memory", "measured-small-ctx128-train-fp32", requires="cuda", size="small", ctx=128,
+                    batch=4, mode="train", dtype="fp32", source="measured", step="steady", grad=None)
+    out = exp.run_cell(c, tmp_path / "art")
+    m = out["metrics"]
+    assert (tmp_path / "art" / out["artifacts"]["snapshot"]).exists()
+    assert m["trace_events"] > 0 and m["peak_active_bytes"] <= m["max_allocated_bytes"] * 1.01
+    assert {p["name"] for p in m["phases"]} >= {"forward", "backward", "optimizer step"}
+    est = estimate_memory(ED25.study_models["small"], 4, 128, "train", "fp32")
+    assert est.peak_bytes == pytest.approx(m["peak_active_bytes"], rel=0.10)
