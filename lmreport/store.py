@@ -61,12 +61,21 @@ def write_record(path: Path, record: dict) -> Path:
             json.dump(record, f, indent=1, sort_keys=False, default=_json_default)
             f.write("\n")
             f.flush()
+            # mkstemp creates 0600; a record shared on a cluster file system must be readable
+            # like any file the user writes, so apply the umask's usual 0666 mode.
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(o: Any):

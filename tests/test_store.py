@@ -75,3 +75,13 @@ def test_record_is_plain_json(tmp_path):
     path = store.write_record(tmp_path / "x.json", rec("c1"))
     data = json.loads(path.read_text())
     assert set(store.REQUIRED_KEYS) <= set(data)
+
+
+def test_records_are_readable_by_the_group_like_other_files(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        p = store.write_record(tmp_path / "r.json", store.make_record("s", "c", {}, {}, "ok"))
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644
