@@ -33,6 +33,25 @@ def test_estimate_matches_memory_really_allocated_on_cpu(mode, dtype, kw):
     assert est.peak_bytes == pytest.approx(real.peak_bytes, rel=0.05)
 
 
+@pytest.mark.parametrize("every", [1, 2])
+def test_checkpointed_estimate_matches_the_cpu_too(every):
+    est = estimate_memory(TINY, 2, 64, "train", "fp32", target="cpu", checkpoint_every=every)
+    real = measure_step(TINY, 2, 64, "train", "fp32", checkpoint_every=every)
+    assert est.peak_bytes == pytest.approx(real.peak_bytes, rel=0.05)
+    plain = estimate_memory(TINY, 2, 64, "train", "fp32", target="cpu")
+    assert est.phase_peaks["forward"] < plain.phase_peaks["forward"]  # fewer activations kept in forward
+
+
+def test_block_saved_for_backward_is_tied_to_autograd():
+    from lmreport.estimate.checkpointing import block_saved
+    b = block_saved(TINY, 2, 64)
+    assert b["gradient_bytes"] == 4 * (4 * TINY.d_model**2 + 3 * TINY.d_model * TINY.d_ff + 2 * TINY.d_model)
+    # the two views of saved memory (pack hook, graph walk) agree up to scalars autograd keeps as wrapped numbers
+    assert abs(b["saved_activation_bytes"] - sum(b["by_node_bytes"].values())) <= 64
+    assert len(b["top_nodes"]) == 5 and b["top_nodes"][0]["bytes"] == max(b["by_node_bytes"].values())
+    assert b["block_input_bytes"] == 4 * 2 * 64 * TINY.d_model
+
+
 def test_breakdown_is_tied_to_the_accounting():
     e = estimate_memory(TINY, 2, 64, "train", "fp32")
     assert set(e.breakdown) == set(CATEGORIES) and sum(e.breakdown.values()) == e.peak_bytes

@@ -116,6 +116,29 @@ def test_ingested_snapshots_show_side_by_side(small_runs, tmp_path, capsys):
     assert (tmp_path / "figures" / "memory-measured-train.png").exists()
 
 
+def test_2026_block_and_checkpointing_answers(tmp_path):
+    ed = dataclasses.replace(ED26, memory_model="tiny", memory_contexts=(32, 64),
+                             study_models={**ED26.study_models, "tiny": CPU_MODELS["tiny"]})
+    plan = runner.Plan(PROFILE, ed)
+    cells = [c for c in exp.cells(plan) if c.config["source"] in ("block", "checkpointing")]
+    assert [c.config.get("checkpoint_every") for c in cells if c.config["source"] == "checkpointing"] == [0, 1, 2]
+    orig = exp.model_config
+    exp.model_config = lambda c: {**ed.study_models, **CPU_MODELS}[c.config["size"]]
+    try:
+        res = runner.run_sweep(cells, tmp_path / "runs", plan.run, progress=False)
+    finally:
+        exp.model_config = orig
+    assert res.counts["ok"] == len(cells)
+    records = store.select(store.load_records(tmp_path / "runs"), ed.year, PROFILE.name)
+    md = _render(records, ed, tmp_path)
+    ck = {r["config"]["checkpoint_every"]: r["metrics"]["peak_bytes"] for r in records
+          if r["config"]["source"] == "checkpointing"}
+    best = min((k for k in ck if k), key=ck.get)
+    assert "## (f) One block's memory for backward" in md and "Top five operations" in md
+    assert f"checkpointing every {best} block" in md
+    assert "| no checkpointing | – |" in md
+
+
 def test_run_memory_filters_and_skips_cuda_cells(tmp_path, capsys):
     code = main(["run", "memory", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress",
                  "--ctx", "128", "--mode", "forward", "--dtype", "fp32", "--size", "2.7B"])

@@ -41,7 +41,9 @@ def _distinct_bytes(tensors) -> int:
 
 
 def measure_step(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str = "fp32", *,
-                 step: str = "steady", grad: bool = False, seed: int = 0) -> CpuMeasurement:
+                 step: str = "steady", grad: bool = False, seed: int = 0,
+                 checkpoint_every: int | None = None) -> CpuMeasurement:
+    from lmreport.estimate.checkpointing import checkpointed_layers
     w = make_workload(cfg, batch, ctx, mode, device="cpu", dtype=dtype, seed=seed)
     if mode == "train" and step == "steady":
         w.step()  # warm-up: AdamW allocates m and v
@@ -51,7 +53,8 @@ def measure_step(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str =
         alive += [v for st in w.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     baseline = _distinct_bytes(alive)
     kept = []
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with checkpointed_layers(w.model, checkpoint_every), \
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         if mode == "forward" and grad:
             with w.autocast():
                 kept.append(w.model(w.inputs))

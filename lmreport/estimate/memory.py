@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from lmreport.estimate.checkpointing import checkpointed_layers
 from lmreport.estimate.cuda_autocast import CudaAutocastRules
 from lmreport.estimate.tracker import CATEGORIES, Replay, StorageTracker
 from lmreport.model import TransformerLM, build_model
@@ -115,7 +116,10 @@ def clear_cache() -> None:
 
 
 def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str = "fp32", *,
-                    step: str = "steady", grad: bool = False, target: str = "cuda") -> MemoryEstimate:
+                    step: str = "steady", grad: bool = False, target: str = "cuda",
+                    checkpoint_every: int | None = None) -> MemoryEstimate:
+    """One step's memory (see the module doc); checkpoint_every=k runs the blocks in activation
+    checkpoints of k blocks (estimate/checkpointing.py)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if dtype not in AUTOCAST_DTYPES:
@@ -145,7 +149,7 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
             tracker.track_existing(_state_tensors(optimizer), "optimizer_state")
         tracker.track_existing((w.inputs, w.targets), "batch")
         rules = CudaAutocastRules() if target == "cuda" and dtype != "fp32" else contextlib.nullcontext()
-        with rules, tracker, tracker.saved_tensors_hooks():
+        with rules, checkpointed_layers(model, checkpoint_every), tracker, tracker.saved_tensors_hooks():
             if mode == "forward" and grad:
                 with tracker.phase("forward"), w.autocast():
                     kept.append(w.model(w.inputs))
@@ -160,7 +164,7 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
         torch.clear_autocast_cache()
     est.config = {"size": cfg.name, "batch": batch, "ctx": ctx, "mode": mode, "dtype": dtype,
                   "step": step if mode == "train" else None, "grad": grad if mode == "forward" else None,
-                  "target": target}
+                  "target": target, "checkpoint_every": checkpoint_every}
     est.seconds = time.perf_counter() - t0
     return est
 

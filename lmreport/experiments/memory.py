@@ -13,6 +13,10 @@ Three kinds of cells, told apart by config["source"]:
 - "cpu_check" (any machine): at the cpu profile's small sizes, the estimate (CPU autocast
   rules) next to the memory the CPU allocator really handed out (torch.profiler): the
   evidence that the tracker sees what an allocator sees.
+- 2026 edition, question (f): "block" cells (what one transformer block saves for backward,
+  by autograd node, and its gradient memory, on meta) and "checkpointing" cells (the training
+  step estimated with the blocks in activation checkpoints of k blocks, k = every divisor of
+  the layer count, 0 = none) at the edition's longest memory context.
 """
 
 from __future__ import annotations
@@ -31,11 +35,17 @@ MAX_ENTRIES = 1_000_000  # trace entries kept by the allocator (the handout's va
 WARMUP_STEPS = 2  # the first step allocates the optimizer state; the second is already steady
 CHECK_SIZES = ("tiny", "mini")
 CHECK_CTX = 128
+CHECKPOINT_EDITIONS = (2026,)  # QUESTIONS.md: (f) and gradient checkpointing are 2026 questions
 
 
 def cell_name(source: str, size: str, ctx: int, mode: str, dtype: str) -> str:
     prefix = {"measured": "measured", "estimated": "estimated", "cpu_check": "cpucheck"}[source]
     return f"{prefix}-{size}-ctx{ctx}-{mode}-{dtype}"
+
+
+def checkpoint_groups(num_layers: int) -> list[int]:
+    """0 (no checkpointing) and every group size that divides the layers evenly."""
+    return [0] + [k for k in range(1, num_layers + 1) if num_layers % k == 0]
 
 
 def cells(plan: Plan) -> list[Cell]:
@@ -57,6 +67,14 @@ def cells(plan: Plan) -> list[Cell]:
                                 ctx=CHECK_CTX, batch=batch, mode=mode, dtype=dtype, source="cpu_check",
                                 step="steady" if mode == "train" else None,
                                 grad=False if mode == "forward" else None))
+    if ed.year in CHECKPOINT_EDITIONS:
+        for ctx in ed.memory_contexts:
+            out.append(cell(plan, SECTION, f"block-{size}-ctx{ctx}", size=size, ctx=ctx, batch=batch, mode="train",
+                            dtype="fp32", source="block"))
+        ctx = max(ed.memory_contexts)
+        for k in checkpoint_groups(ed.study_models[size].num_layers):
+            out.append(cell(plan, SECTION, f"checkpoint-{size}-ctx{ctx}-every{k}", size=size, ctx=ctx, batch=batch,
+                            mode="train", dtype="fp32", source="checkpointing", step="steady", checkpoint_every=k))
     return out
 
 
@@ -74,6 +92,11 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
         return _run_cpu_check(c)
     if source == "measured":
         return _run_measured(c, Path(artifacts_dir))
+    if source == "block":
+        from lmreport.estimate.checkpointing import block_saved
+        return {"metrics": block_saved(model_config(c), c.config["batch"], c.config["ctx"])}
+    if source == "checkpointing":
+        return _run_checkpointing(c)
     raise ValueError(f"unknown memory cell source {source!r}")
 
 
@@ -105,6 +128,16 @@ def _run_estimated(c: Cell) -> dict:
                                    "initial_bytes", "final_bytes")}}
     metrics["target"] = "cuda"
     return {"metrics": metrics}
+
+
+def _run_checkpointing(c: Cell) -> dict:
+    from lmreport.estimate.memory import estimate_memory
+    k = c.config
+    e = estimate_memory(model_config(c), k["batch"], k["ctx"], "train", k["dtype"], step="steady",
+                        checkpoint_every=k["checkpoint_every"] or None, target="cuda")
+    return {"metrics": {key: getattr(e, key) for key in
+                        ("peak_bytes", "breakdown", "peak_phase", "phase_peaks", "initial_bytes", "final_bytes", "ops")}
+            | {"estimate_s": e.seconds}}
 
 
 # --- CPU check -----------------------------------------------------------------------------------

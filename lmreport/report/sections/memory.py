@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lmreport import accounting as acc
 from lmreport import store
+from lmreport.experiments.memory import CHECKPOINT_EDITIONS
 from lmreport.ingest.snapshot_frames import autograd_node
 from lmreport.report.context import SectionView
 from lmreport.sections import Section
@@ -260,6 +261,50 @@ def _figures(view, size, ed_contexts) -> dict:
     return out
 
 
+def _checkpointing(view: SectionView, size: str, cfg) -> dict | None:
+    """2026 (f): what one block saves, its gradients, and single-level activation checkpointing."""
+    import math
+    blocks = sorted((r for r in _records(view, "block") if r["status"] == "ok" and r["config"]["size"] == size),
+                    key=lambda r: r["config"]["ctx"])
+    ck = sorted((r for r in _records(view, "checkpointing") if r["status"] == "ok" and r["config"]["size"] == size),
+                key=lambda r: r["config"]["checkpoint_every"])
+    if not blocks and not ck:
+        return None
+    block_rows = []
+    for r in blocks:
+        m = r["metrics"]
+        total = m["saved_activation_bytes"]
+        block_rows.append({"ctx": r["config"]["ctx"], "batch": r["config"]["batch"], "saved": total,
+                           "weights_reused": m["saved_parameter_bytes"], "input": m["block_input_bytes"],
+                           "gradient": m["gradient_bytes"], "params": m["block_parameters"],
+                           "top": [{**t, "share": t["bytes"] / total} for t in m["top_nodes"]]})
+    out = {"blocks": block_rows, "rows": [], "best": None, "predicted_k": None, "ctx": None,
+           "budget": view.edition.memory_budget_bytes, "layers": cfg.num_layers,
+           "provenance": view.provenance(blocks + ck)["line"]}
+    if not ck:
+        return out
+    ctx = ck[0]["config"]["ctx"]
+    out["ctx"] = ctx
+    ref = next((b for b in block_rows if b["ctx"] == ctx), None)
+    base = 16 * acc.parameter_count(cfg)  # fp32 weights, gradients, m, v
+    if ref:
+        out["predicted_k"] = math.sqrt(cfg.num_layers * ref["input"] / ref["saved"])
+        out["base"] = base
+    for r in ck:
+        k, m = r["config"]["checkpoint_every"], r["metrics"]
+        model = base + cfg.num_layers // k * ref["input"] + k * ref["saved"] if (ref and k) else None
+        out["rows"].append({"k": k, "groups": cfg.num_layers // k if k else None, "peak": m["peak_bytes"],
+                            "phase": m["peak_phase"], "model": model, "fits": m["peak_bytes"] <= out["budget"]})
+    with_ck = [x for x in out["rows"] if x["k"]]
+    if with_ck:
+        best = min(with_ck, key=lambda x: x["peak"])
+        i = with_ck.index(best)
+        out["best"] = best
+        out["neighbours"] = [x for x in with_ck[max(0, i - 1):i + 2] if x is not best]
+        out["none"] = next((x for x in out["rows"] if not x["k"]), None)
+    return out
+
+
 def build(view: SectionView) -> dict:
     ed = view.edition
     size = ed.memory_model
@@ -311,6 +356,7 @@ def build(view: SectionView) -> dict:
         "viewers": _viewers(view),
         "checks": _cpu_checks(view),
         "figures": _figures(view, size, contexts),
+        "ckpt": _checkpointing(view, size, cfg), "ckpt_edition": ed.year in CHECKPOINT_EDITIONS,
         "residual": residual,
         "formula_latex": acc.latex(acc.memory_exprs(swiglu)["total"]),
         "run_command": view.run_command(),
