@@ -211,9 +211,10 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     device = torch.cuda.current_device()
     trace = snap.trace_of(device)
     t0 = trace[0].get("time_us") if trace else None
-    phases = annotation_phases(snap.annotations, device, t0)
+    phases = annotation_phases(snap.annotations, device, t0)  # record_function ranges torch kept, if any
     if t0 is not None:
-        phases += [Phase(n, (a - t0) / 1e3, (b - t0) / 1e3) for n, a, b in spans]
+        named = {p.name for p in phases}
+        phases += [Phase(n, (a - t0) / 1e3, (b - t0) / 1e3) for n, a, b in spans if n not in named]
     summary = summarize(path, phases=sorted(phases, key=lambda p: p.start_ms) or None, snapshot=snap)
     viewer, note = write_viewer(snap, raw, artifacts_dir / "memory_viz.html")
     metrics = record_metrics(summary)

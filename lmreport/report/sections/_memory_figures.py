@@ -50,7 +50,7 @@ def estimated_timelines(cells: dict[int, dict[str, dict]], title: str, path: Pat
     return save(fig, path)
 
 
-def measured_timeline(m: dict, title: str, path: Path, axes_pair=None) -> Path:
+def measured_timeline(m: dict, title: str, path: Path) -> Path:
     """One snapshot's active and reserved memory over time, phases shaded, peak marked."""
     fig, ax = new_figure(figsize=(7.0, 2.6))
     _draw_measured(ax, m)
