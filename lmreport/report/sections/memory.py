@@ -156,10 +156,14 @@ def _top(view, size, ctxs) -> dict:
              for dtype in DTYPES]
     meas = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "measured")
             if r["status"] == "ok" and r["config"].get("size") == size and not _variant(r["config"])}
+    variants = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "measured")
+                if r["status"] == "ok" and r["config"].get("size") == size and _variant(r["config"])}
+    pool = meas or variants  # canonical measurements first; else an ingested variant (first step, with autograd)
     for key in order:
-        if key in meas:
-            r = meas[key]
+        r = pool.get(key)
+        if r is not None:
             out["measured"] = {"ctx": key[0], "mode": key[1], "dtype": key[2], "cell": r["cell"],
+                               "variant": _variant(r["config"]),
                                "rows": [{**a, "where": _source_label(a["frame"])} for a in r["metrics"]["top_allocations"]],
                                "provenance": view.provenance([r])["line"]}
             break
@@ -201,6 +205,8 @@ def _viewers(view) -> list[dict]:
                 shown = os.path.relpath(p)
             except ValueError:
                 shown = str(p)
+            if shown.startswith(".."):
+                shown = str(p.resolve())
             out.append({"cell": r["cell"], "path": shown})
     return out
 
@@ -255,7 +261,8 @@ def _figures(view, size, ed_contexts) -> dict:
     for r in _records(view, "measured"):
         k = r["config"]
         if r["status"] == "ok" and (_variant(k) or k.get("size") != size or k.get("ctx") not in ed_contexts):
-            f, md = view.figure_path(f"snapshot-{r['cell']}")
+            # no dots in the name: plots.save sets the suffix, and "2.7B" would lose everything after the dot
+            f, md = view.figure_path("snapshot-" + r["cell"].replace(".", "_"))
             figs.measured_timeline(r["metrics"], f"{r['cell']}: measured active memory", f)
             out["snapshots"].append({"cell": r["cell"], "path": md + ".png"})
     return out
