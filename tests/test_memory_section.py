@@ -97,7 +97,9 @@ def test_ingested_snapshots_show_side_by_side(small_runs, tmp_path, capsys):
     f, truth = _snapshot_file(tmp_path)
     g, _ = _snapshot_file(tmp_path, "other.pickle", devices=2)
     for path, args in ((f, ["--size", "mini", "--ctx", "64", "--mode", "train"]),
-                       (g, ["--size", "large", "--ctx", "1024", "--mode", "forward", "--dtype", "bf16"])):
+                       (g, ["--size", "large", "--ctx", "1024", "--mode", "forward", "--dtype", "bf16"]),
+                       (g, ["--size", "2.7B", "--ctx", "128", "--mode", "train", "--first-step"]),
+                       (g, ["--size", "2.7B", "--ctx", "128", "--mode", "forward", "--with-grad"])):
         # ingest writes under the plan's run folder; this plan's folder is 2025-cpu
         assert main(["ingest", "memory", str(path), *args, "--profile", "cpu", "--runs-dir", str(runs),
                      "--device-name", "NVIDIA Test GPU"]) == 0
@@ -114,6 +116,8 @@ def test_ingested_snapshots_show_side_by_side(small_runs, tmp_path, capsys):
     assert "## Other snapshots" in md and "large, context 1024, forward, bf16" in md
     assert "memory_viz.html" in md
     assert (tmp_path / "figures" / "memory-measured-train.png").exists()
+    for cell in ("measured-2_7B-ctx128-train-fp32-first", "measured-2_7B-ctx128-forward-fp32-grad"):  # no clash at "2."
+        assert (tmp_path / "figures" / f"memory-snapshot-{cell}.png").exists() and f"memory-snapshot-{cell}.png" in md
 
 
 def test_2026_block_and_checkpointing_answers(tmp_path):
