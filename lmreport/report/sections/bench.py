@@ -25,6 +25,7 @@ SECTION = Section(
 MODE_TITLES = {"forward": "forward", "forward_backward": "forward + backward", "train": "full training step"}
 DTYPE_TITLES = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "skipped": "skipped"}
+SAME_BAND = 0.05  # speedups within 5% of each other count as "about the same" (P-c trend)
 SLOW_FIRST_STEP = 1.2  # a first step 20% above the median of the others counts as "slower" in B-c
 
 
@@ -117,8 +118,10 @@ def bf16_comparison(view: SectionView, records: list[dict]) -> dict:
         for ctx in sorted({p["ctx"] for p in pairs if p["mode"] == mode}):
             ok = [p for p in pairs if p["mode"] == mode and p["ctx"] == ctx and p["ok"]]
             if len(ok) >= 2:
-                trends.append({"mode": mode, "ctx": ctx, "first": ok[0], "last": ok[-1],
-                               "rises": ok[-1]["speedup"] > ok[0]["speedup"]})
+                change = ok[-1]["speedup"] / ok[0]["speedup"]
+                direction = "rises" if change > 1 + SAME_BAND else "falls" if change < 1 - SAME_BAND else "stays"
+                trends.append({"mode": mode, "ctx": ctx, "first": ok[0], "last": ok[-1], "direction": direction,
+                               "rises": direction == "rises"})
     used = [p[d]["record"] for p in pairs for d in ("fp32", "bf16")]
     speedups = [p["speedup"] for p in pairs if p["ok"]]
     return {"pairs": pairs, "trends": trends, "records": used,
