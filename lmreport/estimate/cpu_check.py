@@ -15,6 +15,9 @@ state allocated) with gradients set to None; "forward" as inference under no_gra
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +43,22 @@ def _distinct_bytes(tensors) -> int:
     return sum(seen.values())
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Kineto's CPU profiler prints two "USDT: ... profiler_start/stop" lines per use straight
+    to file descriptor 2 (no log level turns them off); inside a progress bar they are noise.
+    The profiled step raises Python exceptions as usual, so nothing of use is hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def measure_step(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str = "fp32", *,
                  step: str = "steady", grad: bool = False, seed: int = 0,
                  checkpoint_every: int | None = None) -> CpuMeasurement:
@@ -53,7 +72,7 @@ def measure_step(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str =
         alive += [v for st in w.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     baseline = _distinct_bytes(alive)
     kept = []
-    with checkpointed_layers(w.model, checkpoint_every), \
+    with checkpointed_layers(w.model, checkpoint_every), _native_stderr_silenced(), \
             profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         if mode == "forward" and grad:
             with w.autocast():
