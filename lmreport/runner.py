@@ -256,10 +256,18 @@ class SweepResult:
     records: list[dict] = field(default_factory=list)
 
 
+# The attention sweep has no model context, only the sequence length of its Q, K, V: `--ctx`
+# selects that too, so one flag picks "the length" in every section.
+FILTER_ALIASES = {"ctx": ("ctx", "seq_len")}
+
+
 def filter_cells(cells: Iterable[Cell], filters: dict[str, list]) -> list[Cell]:
     """Keep cells whose config matches every filter (values compared as strings)."""
+    def value(c: Cell, key: str):
+        return next((c.config[k] for k in FILTER_ALIASES.get(key, (key,)) if k in c.config), None)
+
     def keep(c: Cell) -> bool:
-        return all(str(c.config.get(k)) in {str(v) for v in vals} for k, vals in filters.items() if vals)
+        return all(str(value(c, k)) in {str(v) for v in vals} for k, vals in filters.items() if vals)
     return [c for c in cells if keep(c)]
 
 

@@ -50,6 +50,8 @@ def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
 def test_filters_select_cells():
     cells = [runner.cell(PLAN, "bench", f"{s}-{t}", size=s, ctx=t) for s in ("tiny", "mini") for t in (64, 128)]
     assert [c.name for c in runner.filter_cells(cells, {"size": ["mini"], "ctx": ["128"]})] == ["mini-128"]
+    attention = [runner.cell(PLAN, "attention", f"d{d}-T{t}", d=d, seq_len=t) for d in (16, 32) for t in (64, 128)]
+    assert [c.name for c in runner.filter_cells(attention, {"ctx": ["64"]})] == ["d16-T64", "d32-T64"]
 
 
 def test_unmet_requirement_is_skipped_with_reason(tmp_path, monkeypatch):
