@@ -7,6 +7,7 @@
 #   make test                   CPU test suite (GPU-only tests skip without CUDA)
 #   make bench-tools            benchmarks of lmreport's own tools (speed/memory targets)
 #   make status                 cells per section: ok, failed, queued/running on Slurm, not run
+#   make preview                docs/preview.png (README picture) from the last render
 #   RUN_ARGS="--executor slurm"   extra flags for the run targets (slurm, local-gpus; see README)
 #   PROFILE=handout-2025 EDITION=2026 ...       choose a profile or an edition
 
@@ -27,7 +28,7 @@ HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_SPEC ?= $(if $(HAS_CUDA),torch>=2.4,torch==2.13.0)
 TORCH_INDEX ?=
 
-.PHONY: install report render test bench-tools list status clean distclean $(SECTIONS)
+.PHONY: install report render test bench-tools list status preview clean distclean $(SECTIONS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,10 @@ test: install
 bench-tools: install
 	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || failed="$$failed $$b"; done; \
 	if [ -n "$$failed" ]; then echo "targets missed by:$$failed"; exit 1; fi
+
+# docs/preview.png, the picture of the output in the README, from the last render.
+preview: install
+	$(BIN)/python docs/make_preview.py
 
 clean:
 	rm -rf build

@@ -289,11 +289,15 @@ def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | objec
     bar = tqdm(total=len(todo), desc=todo[0][0].section, unit="cell", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
 
+    skipped: Counter = Counter()  # reason -> cells: one line per reason, not per cell
+
     def finished(c: Cell, record: dict) -> None:
         bar.update(1)
         result.counts[record["status"]] += 1
         result.records.append(record)
-        if record["status"] != "ok":
+        if record["status"] == "skipped":
+            skipped[record["error"] or "no reason given"] += 1
+        elif record["status"] != "ok":
             bar.write(f"  {c.name}: {record['status']}" + (f" ({record['error']})" if record["error"] else ""))
 
     with _sigterm_as_interrupt():
@@ -306,6 +310,8 @@ def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | objec
                     finished(c, ex.run(c, path))
         finally:
             bar.close()
+            for reason, n in skipped.items():
+                print(f"  {n} cell{'s' if n > 1 else ''} skipped: {reason}", file=sys.stderr)
     return result
 
 

@@ -194,7 +194,8 @@ def add_ingest_arguments(p) -> None:
                    help="train: the snapshot is of the first step (optimizer state allocated inside it)")
     p.add_argument("--with-grad", action="store_true",
                    help="forward: autograd was recording (activations kept), not inference under no_grad")
-    p.add_argument("--device-name", default=None, help="the GPU that produced the file (not stored in snapshots)")
+    p.add_argument("--device", "--device-name", dest="device_name", default=None,
+                   help="the GPU that produced the file, e.g. 'NVIDIA H100 80GB HBM3' (snapshots do not store it)")
 
 
 def ingest_files(paths: list[Path], args, plan) -> list[Path]:
