@@ -227,6 +227,16 @@ def _cpu_checks(view) -> dict:
             "provenance": view.provenance(recs)["line"] if recs else None}
 
 
+SAME_PEAK_REL = 0.005  # |bf16 - fp32| / fp32 below this reads as "the same peak" (tables round to 0.01 GiB)
+
+
+def _direction(m: dict) -> str:
+    """How bf16 autocast moves one peak: "lower", "same" or "higher"."""
+    if abs(m["rel"]) < SAME_PEAK_REL:
+        return "same"
+    return "lower" if m["delta"] < 0 else "higher"
+
+
 def _figures(view, size, ed_contexts) -> dict:
     from lmreport.report.sections import _memory_figures as figs
     out = {"estimated": dict.fromkeys(MODES), "measured": dict.fromkeys(MODES), "peaks": None, "snapshots": []}
@@ -342,8 +352,8 @@ def build(view: SectionView) -> dict:
                  "batch": ed.residual_batch} for t in ed.residual_contexts]
     gpu_profile = f"handout-{ed.year}"
     mixed = _mixed_precision(rows, contexts)
-    mixed_summary = {f"{mode}_{way}": [str(m["ctx"]) for m in mixed if m["mode"] == mode and (m["delta"] < 0) == (way == "lower")]
-                     for mode in MODES for way in ("lower", "higher")}
+    mixed_summary = {mode: {way: [str(m["ctx"]) for m in mixed if m["mode"] == mode and _direction(m) == way]
+                            for way in ("lower", "same", "higher")} for mode in MODES}
     sizes = {"ffn_weight": 4 * cfg.d_model * cfg.d_ff, "embedding": 4 * cfg.vocab_size * cfg.d_model,
              "attn_weight": 4 * cfg.d_model * cfg.d_model,
              "scores": [{"ctx": t, "bytes": 4 * batch * cfg.num_heads * t * t} for t in contexts]}
