@@ -170,3 +170,10 @@ def test_measured_cell_records_a_snapshot_on_cuda(tmp_path):
     assert {p["name"] for p in m["phases"]} >= {"forward", "backward", "optimizer step"}
     est = estimate_memory(ED25.study_models["small"], 4, 128, "train", "fp32")
     assert est.peak_bytes == pytest.approx(m["peak_active_bytes"], rel=0.10)
+
+
+def test_bf16_peak_direction_treats_rounding_noise_as_unchanged():
+    from lmreport.report.sections.memory import _direction
+    assert _direction({"delta": -2.0, "rel": -0.04}) == "lower"
+    assert _direction({"delta": 1.0, "rel": 0.001}) == "same"
+    assert _direction({"delta": 3.0, "rel": 0.039}) == "higher"
