@@ -209,3 +209,15 @@ def test_records_from_a_gpu_get_the_gpu_wording(small_sweep, tmp_path):
     assert "cuBLAS picks a GEMM algorithm" in md and "Device: NVIDIA H100 80GB HBM3" in md
     assert "On a CPU the spread" not in md
     assert "These timings come from a CPU" not in render(gpu, tmp_path, section="precision")
+
+
+@pytest.mark.parametrize("flag,value,choices", [("--size", "xl", "mini, tiny"), ("--ctx", "512", "64, 128"),
+                                                 ("--mode", "fwd", "forward, forward_backward, train"),
+                                                 ("--dtype", "fp8", "bf16, fp32")])
+def test_a_filter_that_matches_no_cell_is_one_line_naming_the_flag(flag, value, choices, tmp_path, capsys):
+    from lmreport.cli import main
+    code = main(["run", "bench", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{flag} {value} matches no cell of bench in profile cpu" in err and choices in err
+    assert not any(tmp_path.rglob("*.json"))  # nothing ran, nothing written

@@ -92,10 +92,12 @@ def main(args) -> int:
     executor = args.executor or runner.default_executor()
     ex = make_executor(args, executor)
     filters = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k)}
+    planned = {name: get(name).experiment_module().cells(plan) for name in names}
+    _check_filters(filters, planned, plan)
     failed = 0
     per_section: dict[str, Counter] = {}
     for name in names:
-        cells = runner.filter_cells(get(name).experiment_module().cells(plan), filters)
+        cells = runner.filter_cells(planned[name], filters)
         # With slurm, run_sweep only submits; the wait below has the progress bar.
         res = runner.run_sweep(cells, args.runs_dir, plan.run, executor=ex, rerun=args.rerun,
                                progress=not args.no_progress and executor != "slurm")
@@ -105,6 +107,23 @@ def main(args) -> int:
     if executor != "slurm":
         return 1 if failed else 0
     return _after_submission(args, ex, per_section, plan)
+
+
+def _check_filters(filters: dict[str, list], planned: dict[str, list], plan) -> None:
+    """A filter value that no cell of the chosen sections has is a typo or a wrong profile: say so.
+
+    Only keys some cell has are checked (`run all --size tiny` still runs attention, whose cells
+    have no size, as "no cells"), so a value must exist in at least one section that has the key.
+    """
+    from lmreport.runner import FILTER_ALIASES
+    for key, values in filters.items():
+        keys = FILTER_ALIASES.get(key, (key,))
+        have = {str(c.config[k]) for cells in planned.values() for c in cells for k in keys if k in c.config}
+        unknown = [v for v in values if str(v) not in have]
+        if have and unknown:
+            choices = ", ".join(sorted(have, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)))
+            raise UserError(f"--{key} {', '.join(map(str, unknown))} matches no cell of {', '.join(planned)} in profile "
+                            f"{plan.profile.name} (edition {plan.edition.year}); choose from: {choices}")
 
 
 def _after_submission(args, ex, per_section: dict[str, Counter], plan) -> int:
