@@ -110,3 +110,67 @@ def test_malformed_trace_entry_names_the_file(tmp_path, capsys):
     assert main(["inspect", "snapshot", str(f)]) == 2
     _, err = capsys.readouterr()
     assert str(f) in err and "trace entry 10" in err
+
+
+def _mangled(edit):
+    obj, _ = synthetic_snapshot(events=120, seed=9)
+    edit(obj)
+    return obj
+
+
+def _deep_frame_pickle() -> bytes:
+    """A frame whose filename is a list nested 300,000 deep (built from opcodes: pickle.dumps would recurse)."""
+    obj, _ = synthetic_snapshot(events=120, seed=9)
+    obj["device_traces"][0][1]["frames"] = [{"filename": "DEEPDEEP", "line": 1, "name": "x"}]
+    data = pickle.dumps(obj, protocol=2)
+    key = b"X\x08\x00\x00\x00DEEPDEEP"  # BINUNICODE of the placeholder
+    assert key in data
+    n = 300_000
+    return data.replace(key, b"]" * n + b"a" * (n - 1))  # EMPTY_LIST n times, then APPEND each into the previous
+
+
+def _repeated_segments(obj):
+    seg = obj["segments"][0]
+    seg["blocks"] = [dict(seg["blocks"][0]) for _ in range(100)]
+    obj["segments"] = [seg] * 100  # 100 references to one object: the memo makes this cheap to write
+
+
+MALFORMED = {
+    "block without size": (lambda o: o["segments"][0]["blocks"][0].pop("size"), "segment 0, block 0"),
+    "block not a dict": (lambda o: o["segments"][0]["blocks"].__setitem__(0, "x"), "segment 0, block 0"),
+    "device a string": (lambda o: o["segments"][0].__setitem__("device", "gpu"), "'device'"),
+    "negative device": (lambda o: o["segments"][0].__setitem__("device", -1), "'device'"),
+    "total_size a string": (lambda o: o["segments"][0].__setitem__("total_size", "big"), "'total_size'"),
+    "legacy history not records": (lambda o: o["segments"][0]["blocks"][0].__setitem__("history", "x"), "'history'"),
+    "size beyond int64": (lambda o: o["device_traces"][0][5].__setitem__("size", 2**70), "trace entry 5"),
+    "action a list": (lambda o: o["device_traces"][0][5].__setitem__("action", [1]), "trace entry 5"),
+    "entry a string": (lambda o: o["device_traces"][0].__setitem__(5, "x"), "trace entry 5"),
+    "one segment repeated": (_repeated_segments, "repeats an earlier segment"),
+    "one trace for two devices": (lambda o: o["device_traces"].append(o["device_traces"][0]), "repeats the trace"),
+}
+
+
+@pytest.mark.parametrize("edit,expected", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_snapshots_are_one_line_naming_the_file(tmp_path, capsys, edit, expected):
+    f = tmp_path / "mangled.pickle"
+    f.write_bytes(pickle.dumps(_mangled(edit)))
+    assert main(["inspect", "snapshot", "--json", str(f)]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith(f"lmreport: error: {f}: ") and expected in err, err
+
+
+def test_odd_but_harmless_fields_are_tolerated(tmp_path, capsys):
+    """Bad annotations only lose their phase; frames of the wrong shape only lose their source."""
+    def edit(o):
+        o["external_annotations"] = [{"stage": "START", "name": "a", "time_us": "x"},
+                                     {"stage": "END", "name": "a", "time_us": 5, "device": "x"}]
+        o["device_traces"][0][1]["frames"] = "not a list"
+        o["device_traces"][0][2]["frames"] = [{"filename": [1], "line": "x", "name": None}]
+    f = tmp_path / "odd.pickle"
+    f.write_bytes(pickle.dumps(_mangled(edit)))
+    assert main(["inspect", "snapshot", "--json", str(f)]) == 0
+    deep = tmp_path / "deep.pickle"
+    deep.write_bytes(_deep_frame_pickle())
+    assert main(["inspect", "snapshot", "--json", str(deep)]) == 0  # the nested "filename" is skipped, not printed
+    capsys.readouterr()
+

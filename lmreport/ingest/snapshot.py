@@ -47,7 +47,12 @@ def summarize(path: str | Path, phases: list[Phase] | None = None, top: int = TO
     """Replay every device of a snapshot file (phases: override the file's own annotations)."""
     path = Path(path)
     snap = snapshot if snapshot is not None else read_snapshot(path)
-    devices = [replay_device(snap, d, path, top=top, phases=phases) for d in snap.devices()]
+    try:
+        devices = [replay_device(snap, d, path, top=top, phases=phases) for d in snap.devices()]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        # normalize() and the replay check what they rely on; this is the last line against a
+        # hand-made file shaped in a way they did not foresee: still one line naming the file
+        raise InputFileError(path, f"not a well-formed CUDA memory snapshot ({type(e).__name__}: {e})") from None
     return SnapshotSummary(path, snap, devices)
 
 

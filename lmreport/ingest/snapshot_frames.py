@@ -37,11 +37,19 @@ def frame_kind(frame: dict) -> str:
 
 
 def format_frame(frame: dict) -> str:
-    name = str(frame.get("name") or "?")
+    name = frame.get("name")
+    name = name if isinstance(name, str) and name else "?"
     if frame_kind(frame) == NATIVE:
         name = name.split("(", 1)[0]  # C++ signatures run to hundreds of characters
     fn = str(frame.get("filename") or "??").replace("\\", "/").rsplit("/", 1)[-1] or "??"
-    return f"{fn}:{frame.get('line', 0)}:{name}"
+    line = frame.get("line", 0)
+    return f"{fn}:{line if isinstance(line, int) else 0}:{name}"
+
+
+def _is_frame(f) -> bool:
+    """A frame as torch writes it: a dict whose filename (if any) is a string (files are untrusted)."""
+    return (isinstance(f, dict) and isinstance(f.get("filename") or "", str)
+            and isinstance(f.get("name") or "", str))
 
 
 class FrameResolver:
@@ -60,18 +68,18 @@ class FrameResolver:
 
     def source_frame(self, frames) -> str | None:
         """'file:line:function' of the frame that explains an allocation; None without frames."""
-        if not frames:
+        if not frames or not isinstance(frames, list):
             return None
         library = node = None
         for f in frames:
-            if not isinstance(f, dict):
+            if not _is_frame(f):
                 continue
             k = self._kind_of(f)
             if k == USER:
                 return format_frame(f)
             if k == LIBRARY and library is None:
                 library = f
-            elif k == NATIVE and node is None and _AUTOGRAD_NODE.search(str(f.get("name", ""))):
+            elif k == NATIVE and node is None and _AUTOGRAD_NODE.search(f.get("name") or ""):
                 node = f
         if library is not None:
             return format_frame(library)

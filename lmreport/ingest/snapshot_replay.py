@@ -129,9 +129,14 @@ def replay_device(snap: Snapshot, device: int, path: str | Path = "<snapshot>", 
     # local names: this loop runs once per trace entry (a million for a large snapshot)
     act_append, res_append, time_append = act.append, res.append, times.append
     size_append, ref_append, live_pop = alloc_sizes.append, alloc_refs.append, live.pop
-    i = -1
     try:
         counts = Counter(map(itemgetter("action"), trace))
+    except (KeyError, TypeError):
+        bad = next((j for j, e in enumerate(trace) if not (isinstance(e, dict) and isinstance(e.get("action"), str))), "?")
+        raise InputFileError(path, f"trace entry {bad} of device {device} is not a trace entry "
+                                   "(a dict with a string 'action')") from None
+    i = -1
+    try:
         for i, e in enumerate(trace):
             a = e["action"]
             if a == "alloc":
@@ -161,7 +166,7 @@ def replay_device(snap: Snapshot, device: int, path: str | Path = "<snapshot>", 
             res_append(rres)
             if has_time:
                 time_append(e["time_us"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, OverflowError) as err:  # OverflowError: a size beyond int64 (array "q")
         raise InputFileError(path, f"trace entry {i} of device {device} is malformed ({type(err).__name__}: {err})") from None
 
     segments = snap.segments_of(device)
