@@ -9,13 +9,19 @@ https://docs.python.org/3/library/pickle.html#restricting-globals) is to overrid
 only dicts, lists, tuples, str, int, float, bool and None, all of which pickle as dedicated
 opcodes that never go through find_class, so this unpickler allows no global at all: a file
 that names any class or callable is refused before anything it names is imported or called.
-Persistent ids (another way to hand objects to the loader) are refused too.
+Persistent ids (another way to hand objects to the loader) are refused too. One more door:
+the extension opcodes EXT1/2/4 first look in copyreg's process-wide `_extension_cache`, and
+only on a miss call find_class (Modules/_pickle.c, load_extension); a plain unpickling
+anywhere in the process of an extension code registered with copyreg.add_extension would
+leave the resolved callable there for us to be handed. So the cache is cleared before every
+load (copyreg.clear_extension_cache; it is only a cache, refilled on demand).
 
 Errors are one line naming the file (errors.InputFileError), never a traceback.
 """
 
 from __future__ import annotations
 
+import copyreg
 import gc
 import io
 import pickle
@@ -63,6 +69,7 @@ def _load(f, path):
     # millions of containers (most of the load time); nothing is collectable until it returns.
     enabled = gc.isenabled()
     gc.disable()
+    copyreg.clear_extension_cache()  # see the module doc: EXT opcodes must reach find_class
     try:
         return RestrictedUnpickler(f).load()
     except RefusedGlobal as e:

@@ -174,3 +174,30 @@ def test_odd_but_harmless_fields_are_tolerated(tmp_path, capsys):
     assert main(["inspect", "snapshot", "--json", str(deep)]) == 0  # the nested "filename" is skipped, not printed
     capsys.readouterr()
 
+
+@pytest.mark.parametrize("data", [
+    b"cos\nsystem\n(S'true'\ntR.",  # protocol 0: GLOBAL, REDUCE
+    b"(S'true'\nios\nsystem\n.",  # protocol 0: INST
+    b"\x80\x02(cos\nsystem\nS'true'\no.",  # protocol 1+: OBJ
+    b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R.",  # protocol 4: STACK_GLOBAL
+], ids=["GLOBAL", "INST", "OBJ", "STACK_GLOBAL"])
+def test_every_opcode_that_names_a_global_is_refused(data):
+    with pytest.raises(InputFileError, match="refused: the pickle names the global os.system"):
+        safe_pickle.loads(data)
+
+
+def test_extension_codes_cannot_bypass_find_class(capsys):
+    """EXT1 resolves through copyreg's process-wide cache before find_class: a plain unpickling
+    elsewhere in the process must not leave a callable there for the restricted one."""
+    import copyreg
+    code = 0x7E
+    copyreg.add_extension("builtins", "print", code)
+    try:
+        data = b"\x80\x02\x82" + bytes([code]) + b"X\x06\x00\x00\x00leaked\x85R."  # EXT1; ('leaked',); REDUCE
+        pickle.loads(data)  # fills copyreg._extension_cache with builtins.print
+        assert capsys.readouterr().out == "leaked\n"
+        with pytest.raises(InputFileError, match="builtins.print"):
+            safe_pickle.loads(data)
+        assert capsys.readouterr().out == ""  # print did not run
+    finally:
+        copyreg.remove_extension("builtins", "print", code)
