@@ -16,9 +16,19 @@ import warnings
 from lmreport.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first) and exit status 2.
+
+    Subcommand parsers inherit the class (add_subparsers defaults parser_class to type(self)).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import lmreport.commands as pkg
-    parser = argparse.ArgumentParser(prog="lmreport", description="Run a transformer-systems study and render its writeup.")
+    parser = OneLineParser(prog="lmreport", description="Run a transformer-systems study and render its writeup.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)
                if not m.name.startswith("_")]
@@ -41,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"lmreport: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave (or its disk) refused: name it; it is not a bug
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lmreport: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmreport: interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)

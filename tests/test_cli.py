@@ -44,3 +44,42 @@ def test_bad_record_file_is_a_warning_not_a_crash(capsys, tmp_path):
     code, _, err = run(capsys, "render", "--profile", "cpu", "--runs-dir", str(tmp_path / "runs"),
                        "--out", str(tmp_path / "b"), "--no-pdf")
     assert code == 0 and "x.json" in err and "not valid JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["nosuch"],
+    ["run"],
+    ["run", "nsys", "--profile", "nope"],
+    ["run", "nsys", "--edition", "2030"],
+    ["run", "nsys", "--ctx", "abc"],
+    ["inspect"],
+    ["inspect", "nsys"],
+    ["ingest", "nsys", "x.csv", "--size", "small", "--ctx", "x", "--mode", "forward"],
+    ["estimate", "memory", "--size", "tiny"],
+    ["status", "--cells", "--bogus"],
+])
+def test_usage_errors_are_one_line_with_exit_2(capsys, argv):
+    """argparse's own errors too: one line naming the flag, not the whole usage block."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("lmreport") and "--help" in err, err
+
+
+def test_runs_dir_that_is_a_file_is_refused(capsys, tmp_path):
+    f = tmp_path / "records.txt"
+    f.write_text("not a folder")
+    for argv in (["list"], ["render", "--no-pdf"], ["status"], ["run", "accounting"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--runs-dir", str(f)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and f"{f} is a file, not a folder of records" in err
+
+
+def test_an_output_path_the_system_refuses_is_one_line_naming_it(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "render", "--profile", "cpu", "--runs-dir", str(tmp_path / "none"),
+                       "--out", str(blocker / "build"), "--no-pdf")
+    assert code == 2 and err.count("\n") == 1 and str(blocker / "build") in err and "Traceback" not in err

@@ -366,7 +366,7 @@ def test_bad_settings_file_is_one_line_naming_it(tmp_path, text, problem):
 def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
     base = ["run", "accounting", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress"]
     assert main([*base, "--executor", "inline", "--partition", "gpu"]) == 2
-    assert "--partition only apply to --executor slurm" in capsys.readouterr().err
+    assert "--partition only applies to --executor slurm" in capsys.readouterr().err
     assert main([*base, "--executor", "slurm", "--slurm-config", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml: no such file" in capsys.readouterr().err
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))

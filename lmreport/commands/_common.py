@@ -14,7 +14,15 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="sweep profile (default: cpu without CUDA, handout-EDITION with it)")
     p.add_argument("--edition", type=int, choices=presets.EDITIONS,
                    help=f"handout edition (default {presets.DEFAULT_EDITION}, or the profile's)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where records live (default: runs)")
+    p.add_argument("--runs-dir", type=runs_dir, default=Path("runs"), help="where records live (default: runs)")
+
+
+def runs_dir(text: str) -> Path:
+    """--runs-dir: a folder, or a path where one can be made (not an existing file)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder of records")
+    return path
 
 
 def resolve_plan(args):

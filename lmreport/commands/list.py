@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from lmreport.commands._common import runs_dir
+
 ORDER = 30
 
 
 def register(sub) -> None:
     p = sub.add_parser("list", help="list sections, profiles and existing records")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--runs-dir", type=runs_dir, default=Path("runs"), help="where records live (default: runs)")
     p.set_defaults(func=main)
 
 

@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for key in FILTER_KEYS:
-        p.add_argument(f"--{key}", action="append", metavar=key.upper(),
+        p.add_argument(f"--{key}", action="append", metavar=key.upper(), type=int if key == "ctx" else str,
                        help=f"only cells with this {key} (repeatable)")
     g = p.add_argument_group("local-gpus executor")
     g.add_argument("--workers", type=int, metavar="N",
@@ -63,7 +63,7 @@ def make_executor(args, executor: str):
     slurm_flags = {key: getattr(args, flag) for flag, key in SLURM_FLAGS.items() if getattr(args, flag) is not None}
     if executor != "slurm" and (slurm_flags or args.no_wait or args.slurm_config):
         given = [f"--{f.replace('_', '-')}" for f in [*SLURM_FLAGS, "no_wait", "slurm_config"] if getattr(args, f)]
-        raise UserError(f"{', '.join(given)} only apply to --executor slurm")
+        raise UserError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --executor slurm")
     if executor != "local-gpus" and args.workers is not None:
         raise UserError("--workers only applies to --executor local-gpus")
     if executor == "slurm":
