@@ -201,36 +201,97 @@ def add_ingest_arguments(p) -> None:
                    help="forward: autograd was recording (activations kept), not inference under no_grad")
     p.add_argument("--device", "--device-name", dest="device_name", default=None,
                    help="the GPU that produced the file, e.g. 'NVIDIA H100 80GB HBM3' (snapshots do not store it)")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an existing record of the same cell (kept by default)")
+
+
+def _check_ingest_arguments(args, plan) -> int:
+    """The batch size; UserError naming the flag for values that cannot describe a memory cell."""
+    from lmreport.presets import CPU_MODELS
+    sizes = list(dict.fromkeys([*plan.edition.study_models, *plan.profile.models(plan.edition), *CPU_MODELS]))
+    if args.size not in sizes:
+        raise UserError(f"--size {args.size!r} is not a model of the {plan.edition.year} edition: choose one of "
+                        f"{', '.join(sizes)} (--edition selects the other table)")
+    if args.ctx <= 0:
+        raise UserError(f"--ctx must be positive, not {args.ctx}")
+    if args.batch is not None and args.batch <= 0:
+        raise UserError(f"--batch must be positive, not {args.batch}")
+    if args.first_step and args.mode != "train":
+        raise UserError("--first-step describes a training step: use it with --mode train")
+    if args.with_grad and args.mode != "forward":
+        raise UserError("--with-grad describes a forward pass: use it with --mode forward")
+    return args.batch or plan.edition.batch_size
+
+
+def _cell_names(paths: list[Path], base: str) -> list[str]:
+    """One cell per file: the base name alone, or with each file's stem (made unique) for several."""
+    if len(paths) == 1:
+        return [base]
+    names: list[str] = []
+    for path in paths:
+        name = f"{base}-{re.sub(r'[^A-Za-z0-9.]+', '-', path.stem).strip('-')}"
+        unique, n = name, 2
+        while unique in names:  # a/snap.pickle and b/snap.pickle: keep both
+            unique, n = f"{name}-{n}", n + 1
+        names.append(unique)
+    return names
 
 
 def ingest_files(paths: list[Path], args, plan) -> list[Path]:
+    """Records of the memory section for snapshot files made elsewhere.
+
+    Every file is read and checked before any record is written, so one bad file leaves the
+    runs folder as it was. An existing record of the same cell is kept unless it was ingested
+    from the very same file (same SHA-256) or --replace is given: a re-ingest must not
+    silently overwrite a measurement (a GPU run's record, or another snapshot).
+    """
     from lmreport import store
     from lmreport.device import environment
 
-    if args.ctx <= 0:
-        raise UserError(f"--ctx must be positive, not {args.ctx}")
-    batch = args.batch or plan.edition.batch_size
+    batch = _check_ingest_arguments(args, plan)
+    paths = [Path(p) for p in paths]
     base = cell_name(args.size, args.ctx, args.mode, args.dtype, args.first_step, args.with_grad)
-    written = []
-    for path in paths:
-        path = Path(path)
+    config = {"edition": plan.edition.year, "profile": plan.profile.name, "size": args.size, "ctx": args.ctx,
+              "batch": batch, "mode": args.mode, "dtype": args.dtype, "source": "measured",
+              "step": ("first" if args.first_step else "steady") if args.mode == "train" else None,
+              "grad": bool(args.with_grad) if args.mode == "forward" else None, "ingested": True}
+    prepared = []
+    for path, cell in zip(paths, _cell_names(paths, base)):
         raw = safe_pickle.load(path)
         snap = normalize(raw, path)
-        summary = summarize(path, snapshot=snap)
-        metrics = record_metrics(summary)
-        cell = base if len(paths) == 1 else f"{base}-{re.sub(r'[^A-Za-z0-9.]+', '-', path.stem).strip('-')}"
-        config = {"edition": plan.edition.year, "profile": plan.profile.name, "size": args.size, "ctx": args.ctx,
-                  "batch": batch, "mode": args.mode, "dtype": args.dtype, "source": "measured",
-                  "step": ("first" if args.first_step else "steady") if args.mode == "train" else None,
-                  "grad": bool(args.with_grad) if args.mode == "forward" else None, "ingested": True}
+        metrics = record_metrics(summarize(path, snapshot=snap))
+        metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": _sha256(path)}
         record_file = store.record_path(args.runs_dir, plan.run, INGEST_SECTION, cell)
+        _refuse_overwrite(record_file, metrics["source_file"]["sha256"], getattr(args, "replace", False))
+        prepared.append((path, cell, raw, snap, metrics, record_file))
+    written = []
+    for path, cell, raw, snap, metrics, record_file in prepared:
         viewer, note = write_viewer(snap, raw, store.artifacts_dir(record_file) / "memory_viz.html")
         env = environment("cpu")
         env.update({"device": args.device_name or "CUDA GPU (ingested snapshot; the file does not name the GPU)",
                     "device_type": "cuda", "cuda": None, "ingested_from": str(path)})
-        metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": _sha256(path)}
         metrics["viewer_note"] = note
         record = store.make_record(INGEST_SECTION, cell, config, env, "ok", metrics=metrics,
                                    artifacts={"viewer": viewer.name} if viewer else {})
         written.append(store.write_record(record_file, record))
     return written
+
+
+def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
+    import json
+    if replace or not record_file.exists():
+        return
+    try:
+        old = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict):
+        old = {}
+    same = ((old.get("metrics") or {}).get("source_file") or {}).get("sha256") == sha256
+    if same:
+        return  # the same file ingested again: the record would not change
+    what = ("a snapshot ingested from " + str(old["environment"].get("ingested_from"))
+            if isinstance(old.get("environment"), dict) and old["environment"].get("ingested_from")
+            else f"a {old.get('status', 'unreadable')} record")
+    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it, or ingest under "
+                    "other flags (--first-step, --with-grad, --dtype) if this snapshot is of another step")
