@@ -24,12 +24,14 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from lmreport import store
+from lmreport.errors import InputFileError
 from lmreport.presets import Edition, Profile
 
 REQUIREMENTS = ("any", "cuda", "nsys")
@@ -116,11 +118,52 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
             if status == "error" and os.environ.get("LMREPORT_DEBUG"):
                 traceback.print_exc()
             _release_cuda_memory()
+    if status == "skipped":
+        kept = _keep_ok_record(c, record_file, error)
+        if kept is not None:
+            return kept
+    _set_aside_unreadable(record_file)
     record = store.make_record(c.section, c.name, c.config, environment(default_device()), status,
                                metrics=result.get("metrics"), artifacts=result.get("artifacts"),
                                error=error, started_at=started, duration_s=time.perf_counter() - t0)
     store.write_record(record_file, record)
     return record
+
+
+def _keep_ok_record(c: Cell, record_file: Path, reason: str | None) -> dict | None:
+    """A cell this machine cannot run never replaces the ok record it already has (`--rerun` on a
+    CPU machine would otherwise wipe GPU profiles ingested or copied from elsewhere).
+
+    The record is rewritten unchanged, so its mtime moves: the subprocess and Slurm executors
+    take a fresh mtime as "the cell wrote its record" (WorkerProcess.finish, slurm.resolve).
+    """
+    try:
+        previous = store.read_record(record_file)
+    except (OSError, InputFileError):
+        return None
+    if previous["status"] != "ok":
+        return None
+    previous.pop("_path", None)
+    store.write_record(record_file, previous)
+    warnings.warn(f"{c.section}/{c.name}: kept its ok record from {previous.get('started_at')}; this machine "
+                  f"cannot rerun it ({reason})", stacklevel=3)
+    return previous
+
+
+def _set_aside_unreadable(record_file: Path) -> None:
+    """A record file that is not a record is renamed `<cell>.json.unreadable`, not overwritten (a
+    hand-edited or truncated file may still be worth reading); the loader skips that name."""
+    if not record_file.exists():
+        return
+    try:
+        store.read_record(record_file)
+    except InputFileError:
+        aside = record_file.with_name(record_file.name + ".unreadable")
+        os.replace(record_file, aside)
+        warnings.warn(f"{record_file}: not a readable record; kept as {aside.name}, and the cell runs again",
+                      stacklevel=3)
+    except OSError:
+        pass
 
 
 def _release_cuda_memory() -> None:

@@ -107,9 +107,68 @@ def test_killed_sweep_resumes_without_redoing_ok_cells(tmp_path, sig):
     assert all(store.read_record(folder / f"c{i}.json")["status"] == "ok" for i in range(5))
 
 
-def test_subprocess_executor_records_a_crashing_worker(tmp_path, monkeypatch):
-    """A worker that dies without writing (here: a cell of an unknown section) leaves an error record."""
+def test_subprocess_executor_records_a_cell_that_raises(tmp_path):
+    """The worker catches the cell's exception and writes the error record itself."""
     c = runner.cell(PLAN, "accounting", "check-nonexistent", model="nope", family="gpt2", batch=1, ctx=8)
     r = runner.SubprocessExecutor(timeout_s=120).run(c, tmp_path / "r.json")
-    assert r["status"] == "error"
+    assert r["status"] == "error" and "before writing a record" not in r["error"]
     assert store.read_record(tmp_path / "r.json")["status"] == "error"
+
+
+# Loaded by the worker's interpreter at start-up (sitecustomize): its cells die like a segfault or the
+# OOM killer would, without a chance to write anything.
+DYING_WORKER = textwrap.dedent("""
+    import os, signal, sys, types
+    import lmreport.sections
+
+    def run_cell(c, artifacts):
+        print(c.config["last_words"], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    mod = types.SimpleNamespace(run_cell=run_cell)
+    lmreport.sections.get = lambda name: types.SimpleNamespace(experiment_module=lambda: mod)
+""")
+
+
+@pytest.mark.parametrize("last_words, status", [("segmentation fault coming", "error"),
+                                                ("RuntimeError: CUDA out of memory. Tried to allocate 2 GiB", "oom")])
+def test_subprocess_executor_records_a_worker_that_dies_without_writing(tmp_path, last_words, status):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(DYING_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    c = runner.cell(PLAN, "fake", "dies", last_words=last_words)
+    record_file = tmp_path / "runs" / "fake" / "dies.json"
+    r = runner.SubprocessExecutor(timeout_s=120, env=env).run(c, record_file)
+    log = store.artifacts_dir(record_file) / "worker.log"
+    assert r["status"] == status and f"worker exited with {-signal.SIGKILL} before writing a record" in r["error"]
+    assert str(log) in r["error"] and r["artifacts"] == {"log": "worker.log"} and last_words in log.read_text()
+    assert store.read_record(record_file)["status"] == status
+
+
+@pytest.mark.parametrize("executor", ["inline", "subprocess"])
+def test_a_cell_this_machine_cannot_run_keeps_its_ok_record(tmp_path, monkeypatch, executor):
+    """`--rerun` on a machine without the GPU must not turn GPU results (made or copied here) into 'skipped'."""
+    c = runner.cell(PLAN, "accounting", "gpu-result", requires="nsys", size="small")
+    record_file = store.record_path(tmp_path, PLAN.run, c.section, c.name)
+    ok = store.make_record(c.section, c.name, c.config, {"device": "NVIDIA H100 80GB HBM3", "host": "gpu1"}, "ok",
+                           metrics={"kernel_total_ns": 123})
+    store.write_record(record_file, ok)
+    monkeypatch.setattr(runner, "missing_requirement", lambda requires: "needs a CUDA GPU")  # inline
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the subprocess worker finds no GPU, nor nsys
+    res = runner.run_sweep([c], tmp_path, PLAN.run, executor=executor, rerun=True, progress=False)
+    kept = store.read_record(record_file)
+    assert res.counts == {"ok": 1} and kept["status"] == "ok" and kept["metrics"] == {"kernel_total_ns": 123}
+    assert kept["environment"]["device"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_an_unreadable_record_is_set_aside_not_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr("lmreport.sections.get", lambda name: fake_section(lambda c, a: {"metrics": {"x": 1}}))
+    c = runner.cell(PLAN, "fake", "c0")
+    record_file = store.record_path(tmp_path, PLAN.run, "fake", "c0")
+    record_file.parent.mkdir(parents=True)
+    record_file.write_text('{"schema": 1, "section": "fake", "cell": "c0", "status": "ok", "metrics": {"x": 0.5')
+    with pytest.warns(UserWarning, match="not a readable record; kept as c0.json.unreadable"):
+        res = runner.run_sweep([c], tmp_path, PLAN.run, progress=False)
+    assert res.counts == {"ok": 1} and store.read_record(record_file)["metrics"] == {"x": 1}
+    assert (record_file.parent / "c0.json.unreadable").read_text().endswith('"x": 0.5')
+    assert [r["cell"] for r in store.load_records(tmp_path)] == ["c0"]  # the set-aside file is no record
