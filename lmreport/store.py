@@ -98,9 +98,15 @@ def read_record(path: Path) -> dict:
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
         raise InputFileError(path, f"not an lmreport record (needs keys {', '.join(REQUIRED_KEYS)})")
     if data["schema"] != SCHEMA:
-        raise InputFileError(path, f"record schema {data['schema']} is not {SCHEMA}")
+        raise InputFileError(path, f"record schema {data['schema']!r} is not {SCHEMA}")
+    if not isinstance(data["section"], str) or not isinstance(data["cell"], str):
+        raise InputFileError(path, "section and cell must be strings")
     if data["status"] not in STATUSES:
         raise InputFileError(path, f"unknown status {data['status']!r}")
+    if not isinstance(data["config"], dict) or not isinstance(data["metrics"], dict):
+        raise InputFileError(path, "config and metrics must be JSON objects")
+    if not all(isinstance(data.get(k) or {}, dict) for k in ("environment", "artifacts")):
+        raise InputFileError(path, "environment and artifacts must be JSON objects")
     data["_path"] = str(path)
     return data
 

@@ -37,7 +37,13 @@ def test_failed_write_keeps_old_record(tmp_path):
 
 
 @pytest.mark.parametrize("content,problem", [
-    ("{not json", "not valid JSON"), ('{"a": 1}', "not an lmreport record"), ("", "not valid JSON")])
+    ("{not json", "not valid JSON"), ('{"a": 1}', "not an lmreport record"), ("", "not valid JSON"),
+    ("[1, 2]", "not an lmreport record"),
+    ('{"schema": "1", "section": "s", "cell": "c", "config": {}, "status": "ok", "metrics": {}}', "schema '1' is not 1"),
+    ('{"schema": 1, "section": 7, "cell": null, "config": {}, "status": "ok", "metrics": {}}', "must be strings"),
+    ('{"schema": 1, "section": "s", "cell": "c", "config": [], "status": "ok", "metrics": {}}', "must be JSON objects"),
+    ('{"schema": 1, "section": "s", "cell": "c", "config": {}, "status": "ok", "metrics": {}, "artifacts": "x"}',
+     "environment and artifacts must be JSON objects")])
 def test_bad_files_give_one_line_error_naming_the_file(tmp_path, content, problem):
     p = tmp_path / "bad.json"
     p.write_text(content)
