@@ -212,3 +212,47 @@ def test_out_of_memory_cells_are_shown_with_the_longest_context_that_fits(tmp_pa
     md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
     assert ctx["oom_limits"] == [{"size": "tiny", "mode": "train", "longest_ok": 64, "first_oom": 128}]
     assert "| tiny | 128 | train | **OOM** |" in md and "the longest context that fits is 64; 128 runs out of memory" in md
+
+
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
+    """handout-2025 records as a GPU run leaves them: some ok, one OOM, one error, one skipped, one foreign."""
+    prof, ed = resolve("handout-2025", 2025, False)
+    plan = runner.Plan(prof, ed)
+    runs = tmp_path / "runs"
+    for size, ctx, mode in [("small", 128, "forward"), ("small", 128, "train"), ("medium", 256, "forward")]:
+        files = write_profile(tmp_path / f"{size}-{ctx}-{mode}", mode)
+        args = types.SimpleNamespace(size=size, ctx=ctx, mode=mode, dtype="fp32", batch=None, steps=None, device=H100,
+                                     host="h100-node", run=None, runs_dir=runs)
+        ingest.ingest_files(files, args, plan)
+    env = {"device": H100, "host": "h100-node", "device_type": "cuda"}
+
+    def record(cell, status, error=None, metrics=None, **config):
+        r = store.make_record("nsys", cell, {"edition": 2025, "profile": plan.profile.name, **config}, env, status,
+                              error=error, metrics=metrics)
+        store.write_record(store.record_path(runs, plan.run, "nsys", cell), r)
+
+    xl = {"size": "xl", "mode": "train", "dtype": "fp32"}
+    record("xl-ctx1024-train-fp32", "oom", "RuntimeError: CUDA out of memory in the profiled worker", ctx=1024, **xl)
+    record("xl-ctx512-train-fp32", "error", "RuntimeError: nsys stats wrote no kernel summary (log: x)", ctx=512, **xl)
+    record("large-ctx128-forward-fp32", "skipped", "needs Nsight Systems (`nsys` on PATH)", size="large", ctx=128,
+           mode="forward", dtype="fp32")
+    record("hand-made", "ok", metrics={"kernels": [{"name": "k"}]}, size="small", ctx=512, mode="forward")
+    records = store.select(store.load_records(runs), ed.year, prof.name)
+    view = SectionView(get("nsys"), [r for r in records if r["section"] == "nsys"], ed, prof, plan.run,
+                       tmp_path / "figures", all_records=tuple(records))
+    with pytest.warns(UserWarning, match="hand-made.json: not an nsys record this section can read"):
+        ctx = section.build(view)
+    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
+    assert "**OOM** (1 cell: xl-ctx1024-train-fp32)" in md and "**ERROR** (1 cell: xl-ctx512-train-fp32)" in md
+    assert "*1 cell skipped on this machine: needs Nsight Systems" in md
+    assert ("- xl, train: context 1024 runs out of memory, and no other context of xl has a profile in this mode yet."
+            in md) and "none of those tried" not in md
+    assert "| xl | 1024 | train | **OOM** |" in md and "| xl | 512 | train | **error** |" in md
+    assert "hand-made" not in md and "Device: NVIDIA H100 80GB HBM3 · host h100-node · profile handout-2025" in md
+    assert "per forward pass (source:\nnvtx_kern_sum" in md  # a space before the bracket
+    assert [k["size"] for k in ctx["kernel_rows"]] == ["small", "medium"] and ctx["kernel_rows"][1]["step"] is None
+    assert "One forward pass runs 9 L + 1 matrix multiplies" in md  # counted from accounting.forward_matmuls
+    assert "small 109, medium 217, large 325, xl 433, 2.7B 289" in md  # 9 L + 1 for L = 12, 24, 36, 48, 32

@@ -13,6 +13,8 @@ launched by PyTorch's autograd thread, outside the main thread's NVTX ranges.
 
 from __future__ import annotations
 
+import warnings
+
 from lmreport import accounting as acc
 from lmreport.ingest.nsys import cell_name
 from lmreport.ingest.nsys_summary import class_ns
@@ -25,9 +27,30 @@ SECTION = Section(
     experiment="lmreport.experiments.nsys", report="lmreport.report.sections.nsys",
     summary="nsys profiles of forward and training steps (or ingested nsys stats exports), kernels by class")
 
+CONFIG_KEYS = ("size", "ctx", "mode")  # the record contract (dtype defaults to fp32)
 NOTICEABLE_SHARE = 0.01  # (c): non-matmul kernels with at least 1% of the forward pass's kernel time
 ATTENTION_RANGES = ("computing attention scores", "computing softmax", "final matmul")
 INGEST_EXAMPLE = {"size": "small", "ctx": 512, "mode": "forward"}
+
+
+KERNEL_KEYS = {"name", "full_name", "class", "total_ns", "instances"}  # nsys_summary.kernel_row
+
+
+def _kernel_list(x) -> bool:
+    return isinstance(x, list) and all(isinstance(k, dict) and KERNEL_KEYS <= k.keys() and k["class"] in CLASSES
+                                       for k in x)
+
+
+def in_contract(r: dict) -> bool:
+    """A record this section can read: config with size, integer ctx and mode; metrics as nsys_summary writes them."""
+    c, m = r.get("config"), r.get("metrics")
+    if not (isinstance(c, dict) and all(k in c for k in CONFIG_KEYS) and isinstance(c["ctx"], int)
+            and isinstance(m, dict)):
+        return False
+    ranges, by_range = m.get("ranges") or {}, m.get("range_kernels") or {}
+    return (_kernel_list(m.get("kernels") or []) and isinstance(ranges, dict)
+            and all(isinstance(v, dict) for v in ranges.values()) and isinstance(by_range, dict)
+            and all(isinstance(v, dict) and _kernel_list(v.get("kernels")) for v in by_range.values()))
 
 
 # --- one record -----------------------------------------------------------------------------
@@ -291,7 +314,12 @@ def build(view: SectionView) -> dict:
     ed, prof = view.edition, view.profile
     models = _models(view)
     order = _order(view)
-    records = sorted(view.records, key=order)
+    foreign = [r for r in view.records if not in_contract(r)]
+    for r in foreign:
+        warnings.warn(f"{r.get('_path', r.get('cell'))}: not an nsys record this section can read (config needs "
+                      "size, an integer ctx and mode; metrics the kernel and range tables `lmreport ingest nsys` "
+                      "writes); left out of the writeup", stacklevel=2)
+    records = sorted((r for r in view.records if in_contract(r)), key=order)
     ok = [r for r in records if r["status"] == "ok"]
     sizes, contexts = sweep(Plan(prof, ed))
     handout = HANDOUT_SWEEPS.get(ed.year)
@@ -302,6 +330,11 @@ def build(view: SectionView) -> dict:
     flops = [{"size": s, "ctx": ref_ctx, "cfg": models[s], **attention_flops(models[s], ed.batch_size, ref_ctx),
               "matmul_calls": sum(m.occurrences for m in acc.forward_matmuls(models[s], ed.batch_size, ref_ctx))}
              for s in flop_sizes if s in models]
+
+    # How many matmuls one forward pass launches, per layer and once, with their names (accounting).
+    ref_cfg = models[flop_sizes[0]]
+    per_layer = [m for m in acc.forward_matmuls(ref_cfg, ed.batch_size, ref_ctx) if m.component != acc.LM_HEAD]
+    once = [m for m in acc.forward_matmuls(ref_cfg, ed.batch_size, ref_ctx) if m.component == acc.LM_HEAD]
 
     # (a) forward time from NVTX next to the Python timing.
     forward_rows = [row for r in ok if (row := _forward_time_row(view, r))]
@@ -405,4 +438,6 @@ def build(view: SectionView) -> dict:
         "figure": figure,
         "warnings": sorted({w for r in ok for w in r["metrics"].get("warnings", [])}),
         "noticeable": NOTICEABLE_SHARE,
+        "matmuls_per_layer": len(per_layer), "matmuls_once": len(once),
+        "matmul_names_per_layer": [m.name for m in per_layer], "matmul_names_once": [m.name for m in once],
     }
