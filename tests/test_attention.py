@@ -3,6 +3,7 @@ sweep through the real cell function on a tiny grid, OOM as a record, and the re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,20 @@ def test_section_with_gpu_records(tmp_path):
     assert "| 16 | 16,384 | **OOM** |" in md
     assert "8.00 MiB to 8.00 MiB beyond" in md  # what memory_allocated held besides the inputs
     assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025" in md
+
+
+@pytest.mark.parametrize("change,why", [({"metrics": {}}, "metric forward_ms is missing"),
+                                       ({"config_d": "16"}, "must be positive integers"),
+                                       ({"config_variant": "flash"}, "unknown variant 'flash'")])
+def test_a_record_outside_the_contract_is_skipped_with_a_warning(tiny_runs, tmp_path, change, why):
+    view = _view(tiny_runs, tmp_path)
+    bad = next(r for r in view.records if r["cell"] == A.cell_name("eager", 16, 32))
+    if "metrics" in change:
+        bad["metrics"] = change["metrics"]
+    for key in ("d", "variant"):
+        if f"config_{key}" in change:
+            bad["config"] = {**bad["config"], key: change[f"config_{key}"]}
+    with pytest.warns(UserWarning, match=f"skipped .*{A.cell_name('eager', 16, 32)}.json: .*{why}"):
+        ctx = report.build(view)
+    assert (16, 32) not in {(r["d"], r["seq_len"]) for r in ctx["tables"]["eager"]}
+    assert ctx["tables"]["eager"] and ctx["checks"]["within"] == ctx["checks"]["n"]

@@ -4,6 +4,8 @@ measurements, OOM is a row of the table, and every answer renders with and witho
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 
 import pytest
 import torch
@@ -221,3 +223,29 @@ def test_a_filter_that_matches_no_cell_is_one_line_naming_the_flag(flag, value, 
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert f"{flag} {value} matches no cell of bench in profile cpu" in err and choices in err
     assert not any(tmp_path.rglob("*.json"))  # nothing ran, nothing written
+
+
+def test_mode_phases_restate_the_workload_phases():
+    from lmreport.workloads import PHASES
+    assert bench.MODE_PHASES == PHASES
+
+
+@pytest.mark.parametrize("cell,break_it,why", [
+    ("tiny-ctx16-forward-fp32", lambda r: r["metrics"].clear(), "metric step_ms is missing"),
+    ("tiny-ctx16-train-fp32", lambda r: r["metrics"].__setitem__("optimizer_step_ms", "x"), "is not a timing"),
+    ("tiny-ctx16-forward-bf16", lambda r: r["config"].pop("size"), "config lacks size"),
+    ("matmul-cpu-fp32", lambda r: r["metrics"].pop("tflops"), "metrics lacks tflops"),
+])
+def test_a_record_outside_the_contract_is_skipped_with_a_warning_naming_it(small_sweep, tmp_path, cell, break_it, why):
+    """Valid JSON that is not a bench record (hand-edited, older version): the rest still renders."""
+    import copy
+    _, records, _ = small_sweep
+    records = copy.deepcopy(records)
+    bad = next(r for r in records if r["cell"] == cell)
+    break_it(bad)
+    with pytest.warns(UserWarning, match=re.escape(f"skipped {bad['_path']}: ") + ".*" + re.escape(why)):
+        md = render(records, tmp_path)
+    assert "### forward, fp32" in md and "| tiny | 16 |" in md
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # precision reads bench's records without warning again
+        render(records, tmp_path, section="precision")

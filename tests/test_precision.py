@@ -3,6 +3,7 @@ the norm-sensitivity numbers say what the writeup claims, and CPU results never 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,29 @@ def test_a_cuda_record_replaces_the_documented_answer(precision_records, tmp_pat
 def test_section_without_records_says_what_to_run(tmp_path):
     md = render([], tmp_path)
     assert "lmreport run precision --profile cpu --edition 2025" in md  # rendered without any record
+
+
+@pytest.mark.parametrize("cell,break_it,why", [
+    ("accumulation", lambda m: m.__setitem__("loops", []), "metrics.loops lacks fp32 += fp32"),
+    ("norm-sensitivity", lambda m: m.pop("eps"), "metrics lacks eps"),
+    ("toy-autocast-cpu-fp16", lambda m: m["dtypes"].pop("loss"), "metrics.dtypes lacks loss"),
+])
+def test_a_record_outside_the_contract_is_skipped_and_the_rest_renders(precision_records, tmp_path, cell, break_it, why):
+    import copy
+    records = copy.deepcopy(precision_records)
+    bad = next(r for r in records if r["cell"] == cell)
+    break_it(bad["metrics"])
+    with pytest.warns(UserWarning, match=re.escape(f"skipped {bad['_path']}: {why}")):
+        md = render(records, tmp_path)
+    assert "## (b) Which parts of a normalisation layer" in md
+    missing = {"accumulation": "No accumulation record yet", "norm-sensitivity": "No norm-sensitivity record yet",
+               "toy-autocast-cpu-fp16": "| tensor | CPU, bf16 autocast |"}[cell]
+    assert missing in md  # the skipped record's part says so; the others show their records
+
+
+def test_a_record_whose_config_is_not_an_object_is_unreadable(tmp_path):
+    from lmreport.errors import InputFileError
+    p = tmp_path / "r.json"
+    p.write_text('{"schema": 1, "section": "precision", "cell": "x", "config": "x", "status": "ok", "metrics": {}}')
+    with pytest.raises(InputFileError, match="config and metrics must be JSON objects"):
+        store.read_record(p)

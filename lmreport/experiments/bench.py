@@ -37,6 +37,10 @@ from lmreport.runner import Cell, CellSkipped, Plan, cell
 SECTION = "bench"
 COMPILE_MODES = ("forward", "train")  # C-b: forward, and forward + backward + optimizer
 PHASE_METRICS = {"forward": "forward_ms", "backward": "backward_ms", "optimizer step": "optimizer_step_ms"}
+# The phases of each mode: workloads.PHASES, restated so that rendering needs no torch import
+# (tests/test_bench.py checks that the two agree).
+MODE_PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
+               "train": ("forward", "backward", "optimizer step")}
 # Square matmul sizes: big enough to reach the BLAS's steady rate, small enough to take
 # well under a second per product (2 n^3 FLOPs: 17 GFLOP on a CPU, 1.1 TFLOP on a GPU).
 MATMUL_N = {"cpu": 2048, "cuda": 8192}

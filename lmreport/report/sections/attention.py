@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 
 import sympy as sp
 
 from lmreport import accounting as acc
 from lmreport.report import plots
 from lmreport.report.context import SectionView
+from lmreport.report.sections import _records
 from lmreport.sections import Section
 
 SECTION = Section(
@@ -223,7 +223,7 @@ def _legend(ax, ds, colors, styles, labels):
               bbox_to_anchor=(1.0, 0.0), fontsize=6)
 
 
-def _plots(view: SectionView, rows: list[dict], estimated: list[dict]) -> dict:
+def _plots(view: SectionView, rows: list[dict], estimated: list[dict], device: str) -> dict:
     """Log-log time and memory against T per d; returns Markdown paths (None when nothing to plot)."""
     measured = [r for r in rows if r["status"] == "ok"]
     out = {"time": None, "memory": None}
@@ -233,7 +233,6 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict]) -> dict:
     colors = {d: f"C{i}" for i, d in enumerate(ds)}
     styles = {"eager": "-", "compiled": "--", "sdpa": ":"}
     markers = {"eager": "o", "compiled": "s", "sdpa": "^"}
-    device = "; ".join(view.provenance([r for r in view.records if r["config"].get("source") != "estimated"])["devices"])
     if measured:
         fig, axes = plots.new_figure(ncols=2, figsize=(7.2, 3.4), sharey=True)
         for ax, phase, label in zip(axes, ("forward_median_ms", "backward_median_ms"), ("forward", "backward")):
@@ -284,11 +283,25 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict]) -> dict:
 CONFIG_KEYS = ("d", "seq_len", "batch", "variant")  # the record contract of this section
 
 
+def record_problem(r: dict) -> str | None:
+    """Why an attention record cannot be shown (None when it can)."""
+    why, c, m = _records.config_and_metrics(r, CONFIG_KEYS)
+    if why:
+        return why
+    if c["variant"] not in VARIANTS:
+        return f"unknown variant {c['variant']!r}"
+    if not all(isinstance(c[k], int) and c[k] > 0 for k in ("d", "seq_len", "batch")):
+        return "d, seq_len and batch must be positive integers"
+    if r["status"] != "ok":
+        return None
+    if c.get("source", "measured") == "estimated":
+        return _records.missing_keys(m, ("saved_bytes",), "metrics")
+    return _records.bad_stats(m, "forward_ms") or _records.bad_stats(m, "backward_ms") \
+        or _records.missing_keys(m, ("saved_bytes",), "metrics")
+
+
 def build(view: SectionView) -> dict:
-    records = [r for r in view.records if all(k in r.get("config", {}) for k in CONFIG_KEYS)]
-    if len(records) < len(view.records):
-        warnings.warn(f"attention: skipped {len(view.records) - len(records)} records without {', '.join(CONFIG_KEYS)}",
-                      stacklevel=2)
+    records = _records.readable(view.records, record_problem)
     rows = [_row(r) for r in records]
     measured = [r for r in rows if r["source"] == "measured"]
     estimated = sorted((r for r in rows if r["source"] == "estimated" and r["status"] == "ok"),
@@ -353,7 +366,7 @@ def build(view: SectionView) -> dict:
                     "handout": {"eager": formula(HANDOUT_BATCH, max(HANDOUT_T), 64, "eager"),
                                 "fused": formula(HANDOUT_BATCH, max(HANDOUT_T), 64, "sdpa"),
                                 "seq_len": max(HANDOUT_T), "d": 64}},
-        "figures": _plots(view, measured, estimated),
+        "figures": _plots(view, measured, estimated, "; ".join(devices)),
         "provenance": {"measured": view.provenance(measured_records)["line"],
                        "estimated": view.provenance(estimated_records)["line"],
                        "formula": view.provenance([])["line"]},

@@ -12,9 +12,11 @@ import statistics
 
 from lmreport import accounting as acc
 from lmreport import peaks
-from lmreport.experiments.bench import COMPILE_MODES, MATMUL_N, PHASE_METRICS, cell_name, matmul_cell_name
+from lmreport.experiments.bench import (COMPILE_MODES, MATMUL_N, MODE_PHASES, PHASE_METRICS, cell_name,
+                                        matmul_cell_name)
 from lmreport.report import plots
 from lmreport.report.context import SectionView
+from lmreport.report.sections import _records
 from lmreport.sections import Section
 
 SECTION = Section(
@@ -30,6 +32,41 @@ SLOW_FIRST_STEP = 1.2  # a first step 20% above the median of the others counts 
 
 
 # --- records -> rows ------------------------------------------------------------------------
+
+STEP_CONFIG = ("size", "ctx", "batch", "mode", "dtype", "warmup", "steps")
+MATMUL_CONFIG = ("device", "dtype", "n")
+
+
+def record_problem(r: dict) -> str | None:
+    """Why a bench record cannot be shown (None when it can): the record contract of the section."""
+    why, c, m = _records.config_and_metrics(r, ("experiment",))
+    if why:
+        return why
+    if c["experiment"] == "matmul":
+        why = _records.missing_keys(c, MATMUL_CONFIG, "config")
+        if why is None and r["status"] == "ok":
+            why = _records.missing_keys(m, ("tflops", "median_tflops"), "metrics")
+        return why
+    if c["experiment"] != "step":
+        return f"unknown bench experiment {c['experiment']!r}"
+    why = _records.missing_keys(c, STEP_CONFIG, "config")
+    if why:
+        return why
+    if c["mode"] not in MODE_TITLES or c["dtype"] not in DTYPE_TITLES:
+        return f"unknown mode {c['mode']!r} or dtype {c['dtype']!r}"
+    if r["status"] != "ok":
+        return None
+    for key in ("step_ms", *(PHASE_METRICS[p] for p in MODE_PHASES[c["mode"]])):
+        why = _records.bad_stats(m, key)
+        if why:
+            return why
+    return None
+
+
+def contract_records(records: list[dict], warn: bool = True) -> list[dict]:
+    """The bench records the report can read; the others are skipped (with a warning naming the file)."""
+    return _records.readable(records, record_problem, warn=warn)
+
 
 
 def kind_of(r: dict) -> str:
@@ -328,7 +365,7 @@ def _device_type(records: list[dict]) -> str | None:
 
 def build(view: SectionView) -> dict:
     prof, ed = view.profile, view.edition
-    records = view.records
+    records = contract_records(view.records)
     sizes = size_order(view, records)
     grid = grid_rows(records, sizes)
     matmuls = matmul_rows(view, records)

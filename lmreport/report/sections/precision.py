@@ -9,6 +9,7 @@ what was measured. Autocast dtypes are per device: a CPU record never stands in 
 from __future__ import annotations
 
 from lmreport.report.context import SectionView
+from lmreport.report.sections import _records
 from lmreport.report.sections import bench as bench_report
 from lmreport.sections import Section
 
@@ -31,14 +32,63 @@ ROWS = ("parameters inside autocast", "fc1 matmul operands", "fc1 output", "ReLU
         "logits", "loss", "gradients")
 
 
-def _one(view: SectionView, cell: str) -> dict | None:
-    return view.by_cell().get(cell)
+HANDOUT_LOOPS = ("fp32 += fp32", "fp16 += fp16", "fp32 += fp16", "fp32 += fp16 cast to fp32")  # P-1's four
+BF16_LOOPS = ("bf16 += bf16", "fp32 += bf16")  # shown together when present
+LOOP_KEYS = ("name", "n", "value", "result", "abs_error", "stored_addend", "representation_error", "rounding_error",
+             "ulp_at_result")
+FORMAT_KEYS = ("eps", "max", "smallest_normal", "mantissa_bits", "exponent_bits", "ulp", "ulp_from_eps", "sqrt_max")
+FORMATS = ("fp32", "fp16", "bf16")
+NORM_KEYS = ("square_overflow", "outlier_row", "mean_error_by_width", "eps", "formats")
 
 
-def _autocast(view: SectionView) -> dict:
+def _formats_problem(formats) -> str | None:
+    why = _records.missing_keys(formats, FORMATS, "metrics.formats")
+    return why or next((w for f in FORMATS if (w := _records.missing_keys(formats[f], FORMAT_KEYS, f"format {f}"))),
+                       None)
+
+
+def record_problem(r: dict) -> str | None:
+    """Why a precision record cannot be shown (None when it can)."""
+    why, c, m = _records.config_and_metrics(r, ("experiment",))
+    if why:
+        return why
+    kind = c["experiment"]
+    if kind == "toy-autocast":
+        why = _records.missing_keys(c, ("device", "dtype"), "config")
+        if why is None and c["dtype"] not in LOW_NAMES:
+            why = f"autocast dtype {c['dtype']!r} is not one of {', '.join(LOW_NAMES)}"
+        if why is None and r["status"] == "ok":
+            why = _records.missing_keys(m.get("dtypes"), ROWS, "metrics.dtypes")
+        return why
+    if kind not in ("accumulation", "norm-sensitivity"):
+        return f"unknown precision experiment {kind!r}"
+    if r["status"] != "ok":
+        return None
+    if kind == "norm-sensitivity":
+        why = _records.missing_keys(m, NORM_KEYS, "metrics")
+        if why is None and not m["mean_error_by_width"]:
+            why = "metrics.mean_error_by_width is empty"
+        return why or _records.missing_keys(m["eps"], FORMATS, "metrics.eps") or _formats_problem(m["formats"])
+    loops = m.get("loops")
+    if not isinstance(loops, list) or not all(isinstance(x, dict) for x in loops):
+        return "metrics.loops is not a list of loops"
+    names = {x.get("name") for x in loops}
+    needed = HANDOUT_LOOPS + (BF16_LOOPS if names & set(BF16_LOOPS) else ())
+    lacking = [n for n in needed if n not in names]
+    if lacking:
+        return f"metrics.loops lacks {', '.join(lacking)}"
+    return next((w for x in loops if (w := _records.missing_keys(x, LOOP_KEYS, f"loop {x.get('name')}"))), None) \
+        or _formats_problem(m.get("formats"))
+
+
+def _one(records: list[dict], cell: str) -> dict | None:
+    return next((r for r in records if r["cell"] == cell), None)
+
+
+def _autocast(view: SectionView, records: list[dict]) -> dict:
     """Measured dtypes per (device, dtype); which devices have records; what CUDA would need."""
     entries = []
-    for r in view.records:
+    for r in records:
         c = r["config"]
         if c.get("experiment") != "toy-autocast":
             continue
@@ -65,8 +115,8 @@ def _autocast(view: SectionView) -> dict:
             "cuda_skip_reason": cuda_skips[0]["error"] if cuda_skips else None, "amp_docs": AMP_DOCS}
 
 
-def _accumulation(view: SectionView) -> dict | None:
-    r = _one(view, "accumulation")
+def _accumulation(view: SectionView, records: list[dict]) -> dict | None:
+    r = _one(records, "accumulation")
     if not r or r["status"] != "ok":
         return None
     loops = {row["name"]: row for row in r["metrics"]["loops"]}
@@ -74,8 +124,8 @@ def _accumulation(view: SectionView) -> dict | None:
             "provenance": view.provenance([r])["line"]}
 
 
-def _norm(view: SectionView) -> dict | None:
-    r = _one(view, "norm-sensitivity")
+def _norm(view: SectionView, records: list[dict]) -> dict | None:
+    r = _one(records, "norm-sensitivity")
     if not r or r["status"] != "ok":
         return None
     m = r["metrics"]
@@ -96,18 +146,19 @@ def _command(view: SectionView, section: str) -> str:
 
 
 def build(view: SectionView) -> dict:
-    bench = view.records_of("bench")
+    records = _records.readable(view.records, record_problem)
+    bench = bench_report.contract_records(view.records_of("bench"), warn=False)  # bench warns
     comparison = bench_report.bf16_comparison(view, bench)
     return {
-        "accumulation": _accumulation(view),
-        "autocast": _autocast(view),
-        "norm": _norm(view),
+        "accumulation": _accumulation(view, records),
+        "autocast": _autocast(view, records),
+        "norm": _norm(view, records),
         "bf16": comparison,
         "bf16_figure": bench_report.bf16_speedup_figure(view, comparison),
         "bf16_provenance": view.provenance(comparison["records"])["line"] if comparison["records"] else None,
         "mode_titles": bench_report.MODE_TITLES,
         "run_command": view.run_command(),
         "bench_command": _command(view, "bench"),
-        "has_records": bool(view.records),
+        "has_records": bool(records),
         "edition_year": view.edition.year,
     }
