@@ -82,3 +82,16 @@ def test_files_with_the_same_name_from_two_folders_keep_both(tmp_path, capsys):
     capsys.readouterr()
     peaks = {json.loads(t)["metrics"]["peak_active_bytes"] for t in _records(runs).values()}
     assert len(_records(runs)) == 2 and peaks == {ta.peak_active[0], tb.peak_active[0]}
+
+
+def test_a_skipped_placeholder_is_replaced_but_an_oom_record_is_kept(tmp_path, capsys):
+    from lmreport import store
+    runs = tmp_path / "runs"
+    f, truth = _snap(tmp_path / "s.pickle")
+    rec_file = store.record_path(runs, "2025-cpu", "memory", CELL)
+    for status, code in (("skipped", 0), ("oom", 2)):
+        store.write_record(rec_file, store.make_record("memory", CELL, {"edition": 2025, "profile": "cpu"},
+                                                       {"device": "NVIDIA H100 80GB HBM3"}, status, error="x"))
+        assert _ingest(runs, f, "--size", "2.7B", "--ctx", "128", "--mode", "train") == code
+        assert json.loads(rec_file.read_text())["status"] == ("ok" if code == 0 else "oom")
+    assert "already holds an out-of-memory record" in capsys.readouterr().err

@@ -241,9 +241,9 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     """Records of the memory section for snapshot files made elsewhere.
 
     Every file is read and checked before any record is written, so one bad file leaves the
-    runs folder as it was. An existing record of the same cell is kept unless it was ingested
-    from the very same file (same SHA-256) or --replace is given: a re-ingest must not
-    silently overwrite a measurement (a GPU run's record, or another snapshot).
+    runs folder as it was. An existing ok or oom record of the same cell (a GPU run's
+    measurement, another snapshot) is kept unless it was ingested from the very same file (same
+    SHA-256) or --replace is given; skipped and error records are placeholders and are replaced.
     """
     from lmreport import store
     from lmreport.device import environment
@@ -287,11 +287,13 @@ def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
         old = {}
     if not isinstance(old, dict):
         old = {}
+    if old.get("status") in ("skipped", "error"):
+        return  # a placeholder (e.g. the CUDA cell a CPU run skipped) holds no measurement to lose
     same = ((old.get("metrics") or {}).get("source_file") or {}).get("sha256") == sha256
     if same:
         return  # the same file ingested again: the record would not change
     what = ("a snapshot ingested from " + str(old["environment"].get("ingested_from"))
             if isinstance(old.get("environment"), dict) and old["environment"].get("ingested_from")
-            else f"a {old.get('status', 'unreadable')} record")
+            else {"ok": "a measured record", "oom": "an out-of-memory record"}.get(old.get("status"), "an unreadable record"))
     raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it, or ingest under "
                     "other flags (--first-step, --with-grad, --dtype) if this snapshot is of another step")
