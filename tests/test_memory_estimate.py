@@ -133,3 +133,8 @@ def test_cli_errors_are_one_line(capsys):
     assert err.count("\n") == 1 and "unknown size 'huge'" in err
     assert main(["estimate", "memory", "--size", "tiny", "--ctx", "0", "--mode", "train"]) == 2
     assert "must be positive" in capsys.readouterr().err
+    for flags, expected in ((["--mode", "forward", "--first-step"], "--first-step describes a training step"),
+                            (["--mode", "train", "--with-grad"], "--with-grad describes a forward pass")):
+        assert main(["estimate", "memory", "--size", "tiny", "--ctx", "64", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err

@@ -40,6 +40,10 @@ def main(args) -> int:
     batch = args.batch if args.batch is not None else ed.batch_size
     if batch <= 0 or args.ctx <= 0:
         raise UserError(f"--batch and --ctx must be positive (got {batch} and {args.ctx})")
+    if args.first_step and args.mode != "train":
+        raise UserError("--first-step describes a training step: use it with --mode train")
+    if args.with_grad and args.mode != "forward":
+        raise UserError("--with-grad describes a forward pass: use it with --mode forward")
     from lmreport.estimate.memory import estimate_memory
     e = estimate_memory(table[args.size], batch, args.ctx, args.mode, args.dtype,
                         step="first" if args.first_step else "steady", grad=args.with_grad, target=args.target)
