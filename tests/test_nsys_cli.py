@@ -79,3 +79,15 @@ def test_ingest_of_several_profiles_asks_which(tmp_path, capsys):
     code, _, err = run(capsys, "ingest", "nsys", notes, "--size", "tiny", "--ctx", "64", "--mode", "forward",
                        "--runs-dir", tmp_path / "runs", "--profile", "cpu", "--run", "3")
     assert code == 2 and "no profile number 3" in err
+
+
+def test_reingesting_the_records_own_artifacts_keeps_them(tmp_path, capsys):
+    files = write_profile(tmp_path / "profile")
+    argv = ["--size", "tiny", "--ctx", "64", "--mode", "forward", "--runs-dir", tmp_path / "runs", "--profile", "cpu"]
+    assert run(capsys, "ingest", "nsys", *files, *argv)[0] == 0
+    own = sorted((tmp_path / "runs" / "2025-cpu" / "nsys" / "tiny-ctx64-forward-fp32").glob("stats_*.csv"))
+    assert len(own) == len(files)
+    before = [f.read_bytes() for f in own]
+    code, _, err = run(capsys, "ingest", "nsys", *own, *argv)
+    assert code == 0, err
+    assert [f.read_bytes() for f in own] == before

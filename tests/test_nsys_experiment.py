@@ -243,3 +243,19 @@ def test_worker_times_the_workload_on_cuda(tmp_path):
     assert res["status"] == "ok", res
     assert set(res["timing"]) == {"step_ms", "forward_ms", "backward_ms", "optimizer_step_ms"}
     assert res["timing"]["step_ms"]["n"] == 2
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
+def test_a_bad_timeout_variable_is_one_line_before_any_cell_runs(tmp_path, monkeypatch, capsys, value):
+    from lmreport.cli import main
+    monkeypatch.setenv("LMREPORT_NSYS_TIMEOUT_S", value)
+    code = main(["run", "nsys", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"LMREPORT_NSYS_TIMEOUT_S={value!r}" in err
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_timeouts_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LMREPORT_NSYS_TIMEOUT_S", "120")
+    monkeypatch.setenv("LMREPORT_NSYS_STATS_TIMEOUT_S", " ")
+    assert ex.timeouts() == (120.0, ex.STATS_TIMEOUT_S)

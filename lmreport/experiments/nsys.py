@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmreport.device import PROJECT_ROOT
+from lmreport.errors import UserError
 from lmreport.ingest.nsys import cell_name
 from lmreport.ingest.nsys_summary import summarise
 from lmreport.ingest.nsys_tables import parse_file
@@ -45,9 +46,11 @@ from lmreport.runner import Cell, CellSkipped, Plan, cell
 SECTION = "nsys"
 MODES = ("forward", "train")  # inference forward; forward + backward + AdamW
 DTYPE = "fp32"
-CAPTURE_RANGE = "step"  # timing.time_phases names each measured step so
-PROFILE_TIMEOUT_S = float(os.environ.get("LMREPORT_NSYS_TIMEOUT_S", 1800))
-STATS_TIMEOUT_S = float(os.environ.get("LMREPORT_NSYS_STATS_TIMEOUT_S", 900))
+CAPTURE_RANGE = "step"  # the NVTX range timing.time_phases puts around each measured step (warm-up is "warmup")
+# Defaults; the environment variables override them (read when a sweep is planned and run, not at import,
+# so that a bad value is one line naming the variable instead of a crash of every command importing this).
+PROFILE_TIMEOUT_S = 1800.0  # LMREPORT_NSYS_TIMEOUT_S: one `nsys profile` of a cell
+STATS_TIMEOUT_S = 900.0  # LMREPORT_NSYS_STATS_TIMEOUT_S: one `nsys stats` export
 QUERY_TIMEOUT_S = 60.0
 # Report -> names to ask for, newest first (nsys 2023.1 renamed the reports).
 WANTED_REPORTS = {
@@ -87,7 +90,29 @@ def sweep(plan: Plan) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return (s.sizes or tuple(prof.models(ed))), s.contexts
 
 
+def timeout_s(variable: str, default: float) -> float:
+    """Seconds from an environment variable, or the default; UserError for anything but a positive number."""
+    text = os.environ.get(variable)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise UserError(f"{variable}={text!r}: give a timeout in seconds (a positive number), or unset it for "
+                        f"the default {default:.0f} s")
+    return value
+
+
+def timeouts() -> tuple[float, float]:
+    """(profile, stats) timeouts in seconds."""
+    return (timeout_s("LMREPORT_NSYS_TIMEOUT_S", PROFILE_TIMEOUT_S),
+            timeout_s("LMREPORT_NSYS_STATS_TIMEOUT_S", STATS_TIMEOUT_S))
+
+
 def cells(plan: Plan) -> list[Cell]:
+    timeouts()  # a bad timeout variable stops `lmreport run nsys` before any cell runs
     sizes, contexts = sweep(plan)
     return [cell(plan, SECTION, cell_name(size, ctx, mode, DTYPE), requires="nsys", size=size, ctx=ctx, mode=mode,
                  dtype=DTYPE, batch=plan.edition.batch_size, warmup=plan.profile.warmup_steps,
@@ -180,8 +205,9 @@ def run_logged(cmd: list[str], log: Path, timeout_s: float, env: dict | None = N
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
+            variable = "LMREPORT_NSYS_STATS_TIMEOUT_S" if cmd[1] == "stats" else "LMREPORT_NSYS_TIMEOUT_S"
             raise RuntimeError(f"`{Path(cmd[0]).name} {cmd[1]}` did not finish within {timeout_s:.0f} s and was "
-                               f"stopped (log: {log}); raise LMREPORT_NSYS_TIMEOUT_S to allow more") from None
+                               f"stopped (log: {log}); raise {variable} to allow more") from None
         except BaseException:
             _kill_group(proc)
             raise
@@ -225,6 +251,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
     if trap:
         warnings.warn(trap, stacklevel=1)
     reports = choose_reports(_query(nsys, "stats", "--help-reports"))
+    profile_timeout_s, stats_timeout_s = timeouts()
 
     out = Path(artifacts_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +260,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
         old.unlink(missing_ok=True)
     profile_log = out / "nsys-profile.log"
     code = run_logged(profile_command(nsys, out / "profile", worker_command(c.config, result_file)), profile_log,
-                      PROFILE_TIMEOUT_S, env=profile_env())
+                      profile_timeout_s, env=profile_env())
     worker = json.loads(result_file.read_text()) if result_file.exists() else None
     if worker is None:
         raise RuntimeError(f"nsys profile exited with {code} before the worker wrote its result (log: {profile_log})")
@@ -247,7 +274,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
                            f"{CAPTURE_RANGE!r} that starts the capture was never seen" + (f": {trap}" if trap else ""))
 
     stats_log = out / "nsys-stats.log"
-    run_logged(stats_command(nsys, report_file, list(reports.values()), out / "stats"), stats_log, STATS_TIMEOUT_S)
+    run_logged(stats_command(nsys, report_file, list(reports.values()), out / "stats"), stats_log, stats_timeout_s)
     tables, artifacts = {}, {"report": report_file.name, "profile_log": profile_log.name, "stats_log": stats_log.name}
     for report, name in reports.items():
         csv_file = out / f"stats_{name}.csv"

@@ -150,7 +150,9 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         name = Path(e.path).name
         while name in copied.values():
             name = "_" + name
-        shutil.copyfile(e.path, artifacts_dir / name)
+        target = artifacts_dir / name
+        if not (target.exists() and target.samefile(e.path)):  # re-ingesting the record's own artifact
+            shutil.copyfile(e.path, target)
         copied[e.path] = name
     artifacts = {report: copied[origin[id(t)]] for report, t in sorted(chosen.items())}
     environment = {"device": args.device or "unknown GPU (ingested nsys export)", "device_type": "cuda",
