@@ -8,6 +8,8 @@ what was measured. Autocast dtypes are per device: a CPU record never stands in 
 
 from __future__ import annotations
 
+import math
+
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.report.sections import bench as bench_report
@@ -119,8 +121,15 @@ def _accumulation(view: SectionView, records: list[dict]) -> dict | None:
     r = _one(records, "accumulation")
     if not r or r["status"] != "ok":
         return None
-    loops = {row["name"]: row for row in r["metrics"]["loops"]}
-    return {"loops": r["metrics"]["loops"], "by_name": loops, "formats": r["metrics"]["formats"],
+    # Where the sum ends, each add is rounded to a multiple of the ULP of its binade [2^k, 2^(k+1)).
+    loops = [{**row, "binade_start": 2.0 ** math.floor(math.log2(abs(row["result"]))) if row["result"] else None}
+             for row in r["metrics"]["loops"]]
+    by_name = {row["name"]: row for row in loops}
+    handout = [by_name[n] for n in HANDOUT_LOOPS]
+    first = handout[0]
+    return {"loops": loops, "by_name": by_name, "formats": r["metrics"]["formats"],
+            "n": first["n"], "value": first["value"], "exact": first["n"] * first["value"],
+            "worst_handout": max(handout, key=lambda row: row["abs_error"])["name"],
             "provenance": view.provenance([r])["line"]}
 
 
