@@ -19,6 +19,9 @@ MALFORMED = {
     "truncated.csv": (GOOD[:GOOD.rindex(",") - 3].encode(), "looks truncated"),
     "truncated_console.txt": (stats_stdout().rstrip()[:-150].encode(), "looks truncated"),
     "bad_number.csv": (GOOD.replace("40000000", "4e7x", 1).encode(), "is not a number in column 'Total Time (ns)'"),
+    "infinite.csv": (GOOD.replace("40000000", "inf", 1).encode(), "'inf' is not a finite number in column 'Total Time"),
+    "negative.csv": (GOOD.replace("40000000", "-40000000", 1).encode(), "is negative in column 'Total Time (ns)'"),
+    "fractional_calls.csv": (GOOD.replace(",70,", ",70.5,", 1).encode(), "'70.5' is not a whole number of calls"),
 }
 
 
@@ -91,3 +94,12 @@ def test_reingesting_the_records_own_artifacts_keeps_them(tmp_path, capsys):
     code, _, err = run(capsys, "ingest", "nsys", *own, *argv)
     assert code == 0, err
     assert [f.read_bytes() for f in own] == before
+
+
+def test_ingest_refuses_a_profile_without_kernels(tmp_path, capsys):
+    empty = tmp_path / "stats_cuda_gpu_kern_sum.csv"
+    empty.write_text(",".join(KERN_HEADER) + "\n")
+    code, _, err = run(capsys, "ingest", "nsys", empty, "--size", "tiny", "--ctx", "64", "--mode", "forward",
+                       "--runs-dir", tmp_path / "runs", "--profile", "cpu")
+    assert code == 2 and err.count("\n") == 1 and f"{empty}: line 1: the cuda_gpu_kern_sum table has no rows" in err
+    assert not (tmp_path / "runs").exists()

@@ -284,8 +284,9 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
         for t in export.tables:
             tables.setdefault(t.report, t)
         artifacts[report] = csv_file.name
-    if "cuda_gpu_kern_sum" not in tables:
-        raise RuntimeError(f"nsys stats wrote no kernel summary (log: {stats_log})")
+    if "cuda_gpu_kern_sum" not in tables or not tables["cuda_gpu_kern_sum"].rows:
+        raise RuntimeError(f"nsys stats wrote no kernel summary, or an empty one: the capture recorded no kernel "
+                           f"(log: {stats_log})")
     metrics = summarise(tables, steps=c.config.get("steps"))
     if not metrics.get("ranges"):
         raise RuntimeError("the profile holds no NVTX ranges, so nothing can be split by phase"

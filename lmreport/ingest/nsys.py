@@ -134,6 +134,11 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         raise UserError(f"{where}: {what}; a profile needs cuda_gpu_kern_sum or nvtx_kern_sum: export them with "
                         "`nsys stats --format csv --report cuda_gpu_kern_sum --report nvtx_sum --report nvtx_kern_sum "
                         "--output PREFIX REPORT.nsys-rep`")
+    kernel_tables = [chosen[r] for r in KERNEL_REPORTS if r in chosen]
+    if not any(t.rows for t in kernel_tables):
+        t = kernel_tables[0]
+        raise InputFileError(origin[id(t)], f"line {t.line}: the {t.report} table has no rows: the profile holds no "
+                                            "kernels (did its capture range ever start?), so there is nothing to ingest")
     metrics = summarise(chosen, steps=args.steps)
     metrics["nsys_version"] = next((e.nsys_version for e in exports if e.nsys_version), None)
     metrics["source"] = "ingested"

@@ -226,8 +226,27 @@ def _number(text: str) -> float | int | None:
     return int(v) if v.is_integer() and "." not in t and "e" not in t.lower() else v
 
 
+class _BadValue(ValueError):
+    """A value lmreport needs that is not what its column promises: (key, what is wrong)."""
+
+
+_COUNT_KEYS = ("instances", "nvtx_instances")
+
+
+def _checked(x: float | int | None, k: str) -> None:
+    """Times, shares and counts are finite and not negative (StdDev included); counts are whole."""
+    if x is None or not (k == "time_pct" or k.endswith("_ns") or k in _COUNT_KEYS):
+        return
+    if x != x or x in (float("inf"), float("-inf")):
+        raise _BadValue(k, "is not a finite number")
+    if x < 0:
+        raise _BadValue(k, "is negative")
+    if k in _COUNT_KEYS and not float(x).is_integer():
+        raise _BadValue(k, "is not a whole number of calls")
+
+
 def _row(values: list[str], keys: list[str], scales: list[float | None]) -> tuple[dict, bool]:
-    """A row dict; raises ValueError(column) for a value that should be a number and is not."""
+    """A row dict; raises _BadValue(column, problem) for a value lmreport uses that is not a valid number."""
     row, cut = {}, False
     for v, k, s in zip(values, keys, scales):
         if k in TEXT_KEYS:
@@ -239,10 +258,11 @@ def _row(values: list[str], keys: list[str], scales: list[float | None]) -> tupl
         try:
             x = _number(v)
         except ValueError:
-            if k == "time_pct" or k.endswith("_ns") or k in ("instances", "nvtx_instances"):
-                raise ValueError(k) from None
+            if k == "time_pct" or k.endswith("_ns") or k in _COUNT_KEYS:
+                raise _BadValue(k, "is not a number") from None
             row[k] = v.strip()  # a column lmreport does not use: keep it as text
             continue
+        _checked(x, k)
         if x is not None and s not in (None, 1, 1.0):
             x = x * s
             x = int(round(x)) if abs(x - round(x)) < 1e-6 else x
@@ -379,10 +399,10 @@ def _finish(report: str, headers: list[str], rows_raw: list[tuple[int, list[str]
     for line_no, values in rows_raw:
         try:
             row, was_cut = _row(values, keys, scales)
-        except ValueError as e:
-            col = headers[keys.index(str(e))].strip()
-            bad = values[keys.index(str(e))].strip()
-            raise InputFileError(path, f"line {line_no}: {bad[:40]!r} is not a number in column {col!r}") from None
+        except _BadValue as e:
+            key, problem = e.args
+            col, bad = headers[keys.index(key)].strip(), values[keys.index(key)].strip()
+            raise InputFileError(path, f"line {line_no}: {bad[:40]!r} {problem} in column {col!r}") from None
         rows.append(row)
         cut += was_cut
     if "|" in report:
