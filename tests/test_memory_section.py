@@ -177,3 +177,96 @@ def test_bf16_peak_direction_treats_rounding_noise_as_unchanged():
     assert _direction({"delta": -2.0, "rel": -0.04}) == "lower"
     assert _direction({"delta": 1.0, "rel": 0.001}) == "same"
     assert _direction({"delta": 3.0, "rel": 0.039}) == "higher"
+
+
+class _FakeCudaMemory:
+    """Stands in for torch.cuda.memory on a CPU machine: records the calls the measured cell
+    makes, and `_dump_snapshot` writes a synthetic snapshot whose trace falls inside the recorded
+    step, with a stale annotation from before recording (an earlier cell in the same process)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.started_us = None
+
+    def _record_memory_history(self, enabled="all", **kw):
+        import time
+        self.calls.append(("record", enabled, kw.get("max_entries")))
+        if enabled is not None:
+            self.started_us = time.time_ns() // 1000
+
+    def _dump_snapshot(self, filename):
+        import time
+        self.calls.append(("dump", filename))
+        obj, _ = synthetic_snapshot(events=400, seed=12)
+        trace = obj["device_traces"][0]
+        now = time.time_ns() // 1000
+        for i, e in enumerate(trace):
+            e["time_us"] = self.started_us + 1 + (now - self.started_us - 2) * i // len(trace)
+        obj["external_annotations"] = [
+            {"stage": "START", "name": "forward", "device": 0, "time_us": self.started_us - 10_000_000},
+            {"stage": "END", "name": "forward", "device": 0, "time_us": self.started_us - 9_000_000}]
+        with open(filename, "wb") as f:
+            pickle.dump(obj, f)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import torch
+    from lmreport import workloads
+    fake = _FakeCudaMemory()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 123)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a, **k: 456)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", fake._record_memory_history)
+    monkeypatch.setattr(torch.cuda.memory, "_dump_snapshot", fake._dump_snapshot)
+    real = workloads.make_workload
+    monkeypatch.setattr(workloads, "make_workload", lambda cfg, b, t, mode, device, dtype: real(
+        CPU_MODELS["tiny"], 1, 16, mode, device="cpu", dtype=dtype))
+    return fake
+
+
+def _measured_cell(mode="train"):
+    plan = runner.Plan(PROFILE, ED25)
+    return runner.cell(plan, "memory", f"measured-tiny-ctx16-{mode}-fp32", requires="cuda", size="tiny", ctx=16,
+                       batch=1, mode=mode, dtype="fp32", source="measured", step="steady", grad=None)
+
+
+def test_measured_cell_plumbing_with_cuda_mocked(fake_cuda, tmp_path):
+    """The CUDA recording path, run on CPU with torch.cuda's memory calls stubbed: the calls come in
+    the documented order, the snapshot lands in the artifacts, the step's phases are the cell's own
+    (the stale annotation from before recording is dropped) and the record is JSON."""
+    out = exp.run_cell(_measured_cell(), tmp_path / "art")
+    assert [c[0] for c in fake_cuda.calls] == ["record", "dump", "record"]
+    assert fake_cuda.calls[0] == ("record", "all", exp.MAX_ENTRIES) and fake_cuda.calls[2][1] is None
+    assert (tmp_path / "art" / out["artifacts"]["snapshot"]).exists()
+    m = out["metrics"]
+    assert [p["name"] for p in m["phases"]] == ["forward", "backward", "optimizer step"]
+    assert all(p["start_ms"] >= 0 for p in m["phases"])
+    assert m["max_allocated_bytes"] == 123 and m["max_reserved_bytes"] == 456 and m["trace_events"] > 0
+    json.dumps(out)
+
+
+def test_measured_cell_out_of_memory_keeps_the_oom_and_stops_recording(fake_cuda, tmp_path, monkeypatch):
+    import torch
+    from lmreport import workloads
+
+    real_step = workloads.Workload.step
+
+    def oom_when_recorded(self, phase=None):
+        if fake_cuda.calls:  # warm-up runs, the recorded step runs out of memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_step(self)
+
+    def dump_fails(filename):
+        fake_cuda.calls.append(("dump", filename))
+        raise OSError("disk full")
+    monkeypatch.setattr(workloads.Workload, "step", oom_when_recorded)
+    monkeypatch.setattr(torch.cuda.memory, "_dump_snapshot", dump_fails)
+    with pytest.raises(torch.OutOfMemoryError) as e:  # not the failed dump's OSError
+        exp.run_cell(_measured_cell(), tmp_path / "art")
+    assert runner.is_out_of_memory(e.value)  # so the runner records the cell as `oom`
+    assert [c[0] for c in fake_cuda.calls] == ["record", "dump", "record"]  # a dump was tried
+    assert fake_cuda.calls[-1] == ("record", None, None)  # recording stopped

@@ -195,13 +195,22 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
 
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     path = artifacts_dir / "snapshot.pickle"
+    # APIs as in torch/cuda/memory.py (2.1 to 2.13 alike): _record_memory_history(enabled="all", ...,
+    # max_entries=...), _dump_snapshot(filename) pickles _snapshot(); enabled=None stops recording
+    # and clears the trace buffer (CUDACachingAllocator recordHistory), so each cell starts empty.
+    recording_from_us = time.time_ns() // 1000
     torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES)
     try:
         try:
             w.step(phase)
             torch.cuda.synchronize()
-        finally:  # also after an OOM: the snapshot shows what filled the GPU
-            torch.cuda.memory._dump_snapshot(str(path))
+        except BaseException:
+            # an OOM is the cell's outcome (runner records `oom`): keep the snapshot of what filled
+            # the GPU for whoever looks, but never let a failed dump replace the OOM with another error
+            with contextlib.suppress(Exception):
+                torch.cuda.memory._dump_snapshot(str(path))
+            raise
+        torch.cuda.memory._dump_snapshot(str(path))
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)
     max_allocated, max_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
@@ -211,7 +220,11 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     device = torch.cuda.current_device()
     trace = snap.trace_of(device)
     t0 = trace[0].get("time_us") if trace else None
-    phases = annotation_phases(snap.annotations, device, t0)  # record_function ranges torch kept, if any
+    # record_function ranges torch kept (external_annotations, torch 2.5+). Only those of this
+    # step: the annotation buffer is not the trace buffer and may still hold earlier cells' ranges
+    # when several cells run in one process.
+    phases = [p for p in annotation_phases(snap.annotations, device, t0)
+              if t0 is not None and t0 + p.start_ms * 1e3 >= recording_from_us]
     if t0 is not None:
         named = {p.name for p in phases}
         phases += [Phase(n, (a - t0) / 1e3, (b - t0) / 1e3) for n, a, b in spans if n not in named]
