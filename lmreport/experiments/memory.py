@@ -220,9 +220,10 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     device = torch.cuda.current_device()
     trace = snap.trace_of(device)
     t0 = trace[0].get("time_us") if trace else None
-    # record_function ranges torch kept (external_annotations, torch 2.5+). Only those of this
-    # step: the annotation buffer is not the trace buffer and may still hold earlier cells' ranges
-    # when several cells run in one process.
+    # record_function ranges torch kept (external_annotations, torch 2.5+), only those from after
+    # recording began: torch 2.13 clears its annotation buffer in recordHistory
+    # (c10/cuda/CUDACachingAllocator.cpp, NativeCachingAllocator), but the filter keeps an earlier
+    # cell's ranges out of this one's phases whatever a version does when cells share a process.
     phases = [p for p in annotation_phases(snap.annotations, device, t0)
               if t0 is not None and t0 + p.start_ms * 1e3 >= recording_from_us]
     if t0 is not None:
