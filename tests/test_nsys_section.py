@@ -256,3 +256,13 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
     assert [k["size"] for k in ctx["kernel_rows"]] == ["small", "medium"] and ctx["kernel_rows"][1]["step"] is None
     assert "One forward pass runs 9 L + 1 matrix multiplies" in md  # counted from accounting.forward_matmuls
     assert "small 109, medium 217, large 325, xl 433, 2.7B 289" in md  # 9 L + 1 for L = 12, 24, 36, 48, 32
+
+
+def test_forward_kernels_of_a_training_step_say_they_include_the_loss(built):
+    _, _, tmp = built
+    records = {r["cell"]: r for r in store.load_records(tmp / "runs")}
+    train, fwd = records["tiny-ctx64-train-fp32"], records["tiny-ctx64-forward-fp32"]
+    assert section.forward_kernels(train)["source"] == "nvtx_kern_sum, range “forward” of the training step, the loss included"
+    assert section.forward_kernels(fwd)["source"] == "nvtx_kern_sum, range “forward”"
+    names = {k["name"] for k in section.forward_kernels(train)["kernels"]}
+    assert "cunn_SoftMaxForward" in names and "cunn_SoftMaxForward" not in {k["name"] for k in section.forward_kernels(fwd)["kernels"]}

@@ -71,8 +71,10 @@ def forward_kernels(r: dict) -> dict | None:
     fwd_range = (m.get("range_kernels") or {}).get("forward")
     if fwd_range and fwd_range["kernels"]:
         passes = fwd_range.get("nvtx_instances") or (_ranges(r).get("forward") or {}).get("instances") or steps_of(r)
+        # workloads.py: a training step's "forward" phase computes the loss too (log-softmax, NLL)
+        of = "" if mode == "forward" else " of the training step, the loss included"
         return {"kernels": fwd_range["kernels"], "total_ns": fwd_range["kernel_ns"], "passes": passes,
-                "source": "nvtx_kern_sum, range “forward”", "includes_warmup": False}
+                "source": f"nvtx_kern_sum, range “forward”{of}", "includes_warmup": False}
     if mode == "forward" and m.get("kernels"):
         passes = (_ranges(r).get("forward") or {}).get("instances") or steps_of(r)
         return {"kernels": m["kernels"], "total_ns": m["kernel_total_ns"], "passes": passes,
