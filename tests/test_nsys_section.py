@@ -266,3 +266,25 @@ def test_forward_kernels_of_a_training_step_say_they_include_the_loss(built):
     assert section.forward_kernels(fwd)["source"] == "nvtx_kern_sum, range “forward”"
     names = {k["name"] for k in section.forward_kernels(train)["kernels"]}
     assert "cunn_SoftMaxForward" in names and "cunn_SoftMaxForward" not in {k["name"] for k in section.forward_kernels(fwd)["kernels"]}
+
+
+def test_an_ingested_profile_with_its_warm_up_is_marked(tmp_path):
+    from test_nsys_synthetic import NVTX_HEADER, forward_nvtx, nvtx_rows, to_csv
+    files = write_profile(tmp_path / "p", "forward")
+    nvtx = next(f for f in files if f.name == "stats_nvtx_sum.csv")
+    nvtx.write_text(to_csv(NVTX_HEADER, nvtx_rows({**forward_nvtx(), "warmup": (50_000_000, 1)})))
+    args = types.SimpleNamespace(size="tiny", ctx=64, mode="forward", dtype="fp32", batch=None, steps=None,
+                                 device=DEVICE, host="gpu1", run=None, runs_dir=tmp_path / "runs")
+    ingest.ingest_files(files, args, PLAN)
+    ctx = section.build(view_of(tmp_path / "runs", tmp_path / "figures"))
+    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
+    assert ctx["with_warmup"] == ["tiny-ctx64-forward-fp32"]
+    assert "ingested profiles with a “warmup” range (tiny-ctx64-forward-fp32)\ncount its kernels" in md
+    assert "| tiny | 64 | forward | ingested | 5 | 15.9 (with warm-up) |" in md
+    # the forward pass itself comes from the range "forward": no warm-up in it
+    assert "| tiny | 64 | forward pass | 15.9 |" in md
+
+
+def test_lmreport_profiles_say_they_hold_no_warm_up(built):
+    _, md, _ = built
+    assert "so it holds no warm-up. Profiled cells" in md

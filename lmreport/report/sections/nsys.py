@@ -256,6 +256,7 @@ def _cells_table(view: SectionView, records: list[dict]) -> list[dict]:
                      "status": r["status"], "error": r.get("error"), "source": m.get("source") or c.get("source"),
                      "steps": steps_of(r) if r["status"] == "ok" else None,
                      "kernel_ms": step["per_pass_ms"] if step else None,
+                     "warmup": bool(step and step["includes_warmup"]),
                      "nsys_version": m.get("nsys_version"), "reports": m.get("reports", [])})
     return rows
 
@@ -439,6 +440,7 @@ def build(view: SectionView) -> dict:
         "classes": CLASSES,
         "figure": figure,
         "warnings": sorted({w for r in ok for w in r["metrics"].get("warnings", [])}),
+        "with_warmup": [r["cell"] for r in ok if r["metrics"].get("includes_warmup")],
         "noticeable": NOTICEABLE_SHARE,
         "matmuls_per_layer": len(per_layer), "matmuls_once": len(once),
         "matmul_names_per_layer": [m.name for m in per_layer], "matmul_names_once": [m.name for m in once],
