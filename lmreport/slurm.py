@@ -75,6 +75,7 @@ CONFIG_FILE = "lmreport-slurm.toml"
 JOB_FOLDER = ".slurm"
 JOBS_FILE = "jobs.jsonl"
 CLUSTERS = ("slurm", "local")
+FLAGS = "command line"  # `where` of the settings given as flags: errors then name the flag
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -166,8 +167,9 @@ def _apply(settings: SlurmSettings, table: dict, where: str) -> SlurmSettings:
             continue
         if isinstance(value, bool) or not isinstance(value, types):
             raise UserError(f"{where}: {key} = {value!r} should be {' or '.join(t.__name__ for t in types)}")
+        said = f"--{key.replace('_', '-')} {value}" if where == FLAGS else f"{where}: {key} = {value!r}"
         if key == "time":
-            value = parse_time_min(value, f"{where}: time")
+            value = parse_time_min(value, "--time" if where == FLAGS else f"{where}: time")
         elif key == "cluster" and value not in CLUSTERS:
             raise UserError(f"{where}: cluster = {value!r} should be one of {', '.join(CLUSTERS)}")
         elif key == "setup":
@@ -175,7 +177,7 @@ def _apply(settings: SlurmSettings, table: dict, where: str) -> SlurmSettings:
                 raise UserError(f"{where}: setup should be a list of shell lines (strings)")
             value = tuple(value)
         elif key in ("gpus_per_job", "cpus_per_job", "array_parallelism", "mem_gb") and value < 0:
-            raise UserError(f"{where}: {key} = {value} is negative")
+            raise UserError(f"{said} is negative")
         changes[name] = value
     return replace(settings, **changes)
 
@@ -235,7 +237,7 @@ class SlurmConfig:
             for bad in set(table) & set(_TABLES):
                 raise UserError(f"{where}: [sections.{section}] cannot hold a [{bad}] table")
             s = _apply(s, table, f"{where} [sections.{section}]")
-        return _apply(s, self.flags, "command line")
+        return _apply(s, self.flags, FLAGS)
 
 
 # --- the job folder -------------------------------------------------------------------------------

@@ -384,3 +384,11 @@ def test_bad_line_in_jobs_file_is_skipped_with_a_warning(tmp_path):
     (run_dir / ".slurm" / "jobs.jsonl").write_text("{half a line\n" + json.dumps(good) + "\n")
     with pytest.warns(UserWarning, match=r"jobs.jsonl:1: not a job entry"):
         assert list(slurm.read_jobs(run_dir)) == [("s", "c")]
+
+
+@pytest.mark.parametrize("flags, problem", [
+    ({"mem_gb": -3.0}, "--mem-gb -3.0 is negative"), ({"gpus_per_job": -1}, "--gpus-per-job -1 is negative"),
+    ({"time": 0}, "--time: 0 minutes is not a time limit"), ({"time": "soon"}, "--time: 'soon' is not a Slurm time")])
+def test_bad_flags_name_the_flag(flags, problem):
+    with pytest.raises(UserError, match=problem):
+        SlurmConfig.load(flags=flags)
