@@ -79,7 +79,9 @@ def test_peak_table_agrees_with_the_handout_and_says_its_source():
     h100_tf32 = resolve("cpu", 2026, False)[1].training_time.peak_flops / 1e12  # the 2026 handout's 495
     assert peaks.lookup("NVIDIA H100 80GB HBM3").tflops["tf32"] == pytest.approx(h100_tf32, rel=0.002)
     for p in peaks.PEAKS:
-        assert set(p.tflops) == set(peaks.PRECISIONS) and "datasheet" in p.source or "specifications" in p.source
+        assert set(p.tflops) == set(peaks.PRECISIONS) and ("datasheet" in p.source or "specifications" in p.source)
+        # bf16 runs at about twice tf32 on every GPU listed (B200: 2,250 vs 1,100, as its datasheet rounds)
+        assert p.tflops["bf16"] == pytest.approx(2 * p.tflops["tf32"], rel=0.03) and p.tflops["tf32"] > p.tflops["fp32"]
     assert peaks.peak_tflops("Some Other GPU", "bf16")[0] is None
     assert peaks.matmul_precision("bf16") == "bf16" and peaks.matmul_precision("fp32", "high") == "tf32"
     assert peaks.matmul_precision("fp32") == "fp32"
@@ -157,7 +159,7 @@ def test_bench_section_renders_tables_oom_rows_and_plots(small_sweep, tmp_path):
     assert "### forward + backward, fp32" in md and "### full training step, bf16 autocast" in md
     assert "| mini | 16 | **OOM** |" in md and "Cells that did not run: mini at context 16" in md
     assert md.count("Device: CPU") >= 6  # every table carries its provenance line
-    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md
+    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md and "with 0, 2 warm-up steps" in md
     for fig in ("bench-time-vs-context.png", "bench-warmup-ablation.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
     assert "No torch.compile records yet" in md  # this cut-down profile has no compile cells
@@ -249,3 +251,105 @@ def test_a_record_outside_the_contract_is_skipped_with_a_warning_naming_it(small
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # precision reads bench's records without warning again
         render(records, tmp_path, section="precision")
+
+
+# --- a GPU-shaped record set (no GPU here: records as a handout-2025 run on an H100 would write them) ---
+
+H100 = {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "host": "gpu-node", "torch": "2.5.1", "cuda": "12.4"}
+
+
+def _stats(mean_ms: float, first: float | None = None, n: int = 10) -> dict:
+    from lmreport.timing import Stats
+    samples = [mean_ms * (1 + 0.01 * ((i % 3) - 1)) for i in range(n)]
+    if first is not None:
+        samples[0] = first
+    return Stats.of(samples).to_metric()
+
+
+def _step_record(plan, size, ctx, mode, dtype, status="ok", warmup=5, compiled=False, speed=0.4, first=None):
+    """One bench record with metrics computed the way run_step computes them (FLOPs from accounting)."""
+    cfg = plan.profile.models(plan.edition)[size]
+    name = bench.cell_name(size, ctx, mode, dtype, compiled=compiled, warmup=warmup if warmup != 5 else None)
+    config = {"edition": 2025, "profile": plan.profile.name, "experiment": "step", "device": "cuda", "size": size,
+              "ctx": ctx, "batch": 4, "mode": mode, "dtype": dtype, "compiled": compiled, "warmup": warmup, "steps": 10}
+    if status != "ok":
+        error = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" if status == "oom" else "RuntimeError: boom"
+        return store.make_record("bench", name, config, H100, status, error=error)
+    flops, formula = bench.step_flops(cfg, 4, ctx, mode)
+    peak, source = peaks.peak_tflops(H100["device"], peaks.matmul_precision(dtype))
+    step_ms = flops / (speed * peak * 1e12) * 1e3
+    metrics = {"step_ms": _stats(step_ms, first), "first_step_ms": 20 * step_ms if warmup else None,
+               "tokens_per_s": 4 * ctx / (step_ms / 1e3), "flops_per_step": flops, "flops_formula": formula,
+               "achieved_tflops": speed * peak, "peak_tflops": peak, "peak_source": source, "mfu": speed,
+               "first_cell_in_process": True}
+    share = {"forward": (1.0,), "forward_backward": (1 / 3, 2 / 3), "train": (0.3, 0.6, 0.1)}[mode]
+    metrics.update({bench.PHASE_METRICS[p]: _stats(step_ms * f) for p, f in zip(bench.MODE_PHASES[mode], share)})
+    return store.make_record("bench", name, config, H100, "ok", metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def gpu_records():
+    prof, ed = resolve("handout-2025", None, True)
+    plan = runner.Plan(prof, ed)
+    recs = [store.make_record("bench", bench.matmul_cell_name("cuda", dt), {
+        "edition": 2025, "profile": prof.name, "experiment": "matmul", "device": "cuda", "dtype": dt, "n": 8192},
+        H100, "ok", metrics={"tflops": t, "median_tflops": 0.97 * t, "n": 8192}) for dt, t in (("fp32", 51.0), ("bf16", 702.0))]
+    for size in ed.study_models:
+        for ctx in ed.bench_contexts:
+            for mode in prof.bench_modes:
+                for dtype in prof.bench_dtypes:
+                    status = "oom" if (size, ctx) == ("2.7B", 1024) and mode != "forward" else \
+                        "error" if (size, ctx, mode, dtype) == ("xl", 1024, "forward_backward", "bf16") else "ok"
+                    # bf16 pays more the larger the model (matmul share), as on a real GPU
+                    speed = 0.35 if dtype == "fp32" else 0.15 + 0.05 * list(ed.study_models).index(size)
+                    recs.append(_step_record(plan, size, ctx, mode, dtype, status, speed=speed))
+    for mode in prof.bench_modes:  # warm-up ablation for small only: the cold first step is 30x dearer
+        for w in prof.warmup_ablation:
+            recs.append(_step_record(plan, "small", 128, mode, "fp32", warmup=w, first=None if w else 300.0))
+    recs += [_step_record(plan, "small", 128, m, "fp32", warmup=5, compiled=True, speed=0.5) for m in ("forward", "train")]
+    return plan, recs
+
+
+def test_gpu_shaped_records_render_with_oom_error_and_missing_cells(gpu_records, tmp_path):
+    plan, recs = gpu_records
+    md = render(recs, tmp_path, plan=plan)
+    assert "| 2.7B | 1,024 | **OOM** |" in md and "| xl | 1,024 | **error** |" in md
+    assert "Cells that did not run: " in md and "2.7B at context 1024 (forward + backward, fp32): OOM" in md
+    assert "| `matmul-cuda-bf16` | cuda | bf16 | 8,192 | 702 |" in md
+    assert "| small | 128 | " in md and "| 35.0% |" in md  # MFU against the H100's datasheet peak
+    assert "MFU above 100%" not in md and "On a CPU" not in md
+    assert "cuBLAS picks a GEMM algorithm" in md and "Every cell here ran in a fresh process" in md
+    assert "Without warm-up the first measured step is clearly dearer than the others in small forward" in md
+    assert "Read these rows with care" not in md  # steady steps agree across the warm-up counts
+    assert "- Forward: the compiled model is 1.43× as fast as eager (faster)" in md
+    assert md.count("Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025") >= 8
+    pmd = render(recs, tmp_path, section="precision", plan=plan)
+    assert "These timings come from a CPU" not in pmd and "| 2.7B | 1,024 | full training step | **OOM** | **OOM** | – |" in pmd
+    assert "the speedup rises with size in 12 of 12" in " ".join(pmd.split())
+
+
+def test_mfu_above_one_is_explained_per_device(gpu_records, small_sweep, tmp_path):
+    import copy
+    plan, recs = gpu_records
+    recs = copy.deepcopy(recs)
+    hot = next(r for r in recs if r["cell"] == "large-ctx512-forward-bf16")
+    hot["metrics"]["mfu"], hot["metrics"]["achieved_tflops"] = 1.25, 1.25 * hot["metrics"]["peak_tflops"]
+    md = " ".join(render(recs, tmp_path, plan=plan).split())
+    assert "(!) 1 of " in md and "up to 125.0% (large at context 512, forward, bf16" in md
+    assert "Against a datasheet peak that cannot happen" in md
+    _, cpu, _ = small_sweep
+    cpu = copy.deepcopy(cpu)
+    r = next(r for r in cpu if r["cell"] == "tiny-ctx16-forward-fp32")
+    r["metrics"]["mfu"] = 50.0  # above whatever this machine measured
+    md = " ".join(render(cpu, tmp_path).split())
+    assert "up to 5000.0% (tiny at context 16, forward, fp32" in md and "measurement of one square matmul" in md
+
+
+def test_warmup_rows_whose_steady_steps_disagree_are_flagged(gpu_records, tmp_path):
+    import copy
+    plan, recs = gpu_records
+    recs = copy.deepcopy(recs)
+    slow = next(r for r in recs if r["cell"] == "small-ctx128-train-fp32-warmup2")
+    slow["metrics"]["step_ms"] = _stats(3 * slow["metrics"]["step_ms"]["mean"])  # a busy moment of the machine
+    md = " ".join(render(recs, tmp_path, plan=plan).split())
+    assert "Read these rows with care" in md and "in small full training step (3.0×) they differ" in md

@@ -29,6 +29,10 @@ DTYPE_TITLES = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"
 STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "skipped": "skipped"}
 SAME_BAND = 0.05  # speedups within 5% of each other count as "about the same" (P-c trend)
 SLOW_FIRST_STEP = 1.2  # a first step 20% above the median of the others counts as "slower" in B-c
+# B-c compares cells that differ only in their warm-up count, so their steady steps (the median
+# after the first) should agree; when they differ by more than this factor the machine's load
+# changed between the cells, and the sentence says so instead of crediting warm-up.
+STEADY_SPREAD = 1.5
 
 
 # --- records -> rows ------------------------------------------------------------------------
@@ -284,8 +288,9 @@ def variability(rows: list[dict]) -> dict | None:
 
 def first_step_cost(rows: list[dict]) -> dict | None:
     """Each grid cell times its first warm-up step on its own: how much dearer than a measured step."""
-    ratios = sorted((r["first_step_ms"] / r["step"]["mean"], r) for r in rows
-                    if r["ok"] and r["first_step_ms"] and r["step"]["mean"] and not r["compiled"])
+    ratios = sorted(((r["first_step_ms"] / r["step"]["mean"], r) for r in rows
+                     if r["ok"] and r["first_step_ms"] and r["step"]["mean"] and not r["compiled"]),
+                    key=lambda x: x[0])  # equal ratios must not fall back to comparing the row dicts
     if not ratios:
         return None
     return {"count": len(ratios), "median": statistics.median(x for x, _ in ratios),
@@ -308,7 +313,10 @@ def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict |
                     e.update(first_sample=samples[0], rest_median=statistics.median(rest),
                              first_ratio=samples[0] / statistics.median(rest))
                 entries.append(e)
-            groups.append({"size": size, "mode": mode, "ctx": rows[0]["ctx"], "by_warmup": entries})
+            steady = [e["rest_median"] for e in entries if e["ok"]]
+            spread = max(steady) / min(steady) if len(steady) >= 2 and min(steady) > 0 else None
+            groups.append({"size": size, "mode": mode, "ctx": rows[0]["ctx"], "by_warmup": entries,
+                           "steady_spread": spread, "noisy": spread is not None and spread > STEADY_SPREAD})
     # The sentence of B-c: the largest size's groups, cold (fewest warm-up steps) vs warm (most).
     summary = []
     for g in (g for g in groups if g["size"] == groups[-1]["size"]):
@@ -319,6 +327,8 @@ def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict |
     cold = [(g, e) for g in groups for e in g["by_warmup"] if e["ok"] and e["warmup"] == 0 and len(
         e["row"]["step"]["samples"]) > 1]
     return {"groups": groups, "summary": summary, "ctx": rows[0]["ctx"],
+            "warmups": sorted({r["warmup"] for r in rows}),
+            "noisy": [g for g in groups if g["noisy"]], "steady_spread_limit": STEADY_SPREAD,
             "cold_slow": [{"size": g["size"], "mode": g["mode"], "ratio": e["first_ratio"]}
                           for g, e in cold if e["first_ratio"] > SLOW_FIRST_STEP],
             "cold_max_ratio": max((e["first_ratio"] for _, e in cold), default=None),
@@ -340,8 +350,15 @@ def compile_comparison(view: SectionView, records: list[dict], grid: list[dict],
         rows.append({"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "eager": e, "compiled": c, "ok": both,
                      "speedup": e["step"]["mean"] / c["step"]["mean"] if both else None})
     used = [r["compiled"]["record"] for r in rows] + [r["eager"]["record"] for r in rows if r["eager"]]
-    by_mode = {m: [r for r in rows if r["mode"] == m and r["ok"]] for m in COMPILE_MODES}
-    return {"rows": rows, "by_mode": by_mode, "provenance": view.provenance(used)["line"]}
+    by_mode = {}
+    for m in COMPILE_MODES:
+        ok = sorted((r for r in rows if r["mode"] == m and r["ok"]), key=lambda r: r["speedup"])
+        if ok:
+            lo, hi = ok[0]["speedup"], ok[-1]["speedup"]
+            verdict = "faster" if lo > 1 + SAME_BAND else "slower" if hi < 1 - SAME_BAND else (
+                "about as fast" if lo >= 1 - SAME_BAND and hi <= 1 + SAME_BAND else "faster in some cells, slower in others")
+            by_mode[m] = {"rows": ok, "worst": ok[0], "best": ok[-1], "verdict": verdict}
+    return {"rows": rows, "by_mode": by_mode, "same_band": SAME_BAND, "provenance": view.provenance(used)["line"]}
 
 
 def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
@@ -385,7 +402,8 @@ def build(view: SectionView) -> dict:
         "matmul_provenance": view.provenance([m["record"] for m in matmuls])["line"] if matmuls else None,
         "tables": tables(view, grid),
         "failed": [r for r in grid if r["status"] in ("oom", "error")],
-        "mfu_over_one": [r for r in grid if r["mfu"] and r["mfu"] > 1],
+        "mfu_over_one": sorted((r for r in grid if r["mfu"] and r["mfu"] > 1), key=lambda r: -r["mfu"]),
+        "mfu_count": sum(1 for r in grid if r["mfu"]),
         "variability": variability(grid),
         "first_step": first_step_cost(grid),
         "time_figure": time_vs_context_figure(view, grid),
