@@ -167,6 +167,8 @@ def test_section_renders_formulas_without_records(tmp_path):
     view = SectionView(get("attention"), [], ED25, PROFILE, PLAN.run, tmp_path / "figures")
     md = render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view))
     assert "No GPU ran this sweep" in md and "**$T$ = 32,768**" in md  # smallest OOM on an 80 GB GPU, by formula
+    assert "batch 8: **nothing in the handout's grid runs out of memory**" in " ".join(md.split())
+    assert "more than the 80.0 GB (74.51 GiB) available" in " ".join(md.split())
     assert "4 B T^{2} + 12 B T d + T^{2}" in md  # the saved-for-backward formula
     assert "lmreport run attention --profile cpu --edition 2025" in md
 
@@ -216,6 +218,8 @@ def test_section_with_gpu_records(tmp_path):
     md = " ".join(render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view)).split())
     assert "These are CPU measurements" not in md and "`torch.cuda.memory_allocated`" in md
     assert "ran out of memory is **$d$ = 16, $T$ = 16,384**" in md and "80.00 GiB" in md
+    # the formula's peak (24.55 GiB) fits 80 GiB: the text must not claim it exceeds the device
+    assert "more than the 85.9 GB" not in md and "of the device by formula, yet the cell ran out" in md
     assert "| 16 | 16,384 | **OOM** |" in md
     assert "8.00 MiB to 8.00 MiB beyond" in md  # what memory_allocated held besides the inputs
     assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025" in md

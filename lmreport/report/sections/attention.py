@@ -209,7 +209,8 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
                           for x in acc.attention_end_of_backward_terms()],
             "totals": totals, "half": {"seq_len": t // 2, **fits},
             "largest_grid_peak": acc.attention_memory_bytes(HANDOUT_BATCH, max(HANDOUT_T), max(HANDOUT_D))["backward_peak"],
-            "largest_grid_t": max(HANDOUT_T), "last_ok": max(prev, key=lambda x: x["seq_len"]) if prev else None,
+            "largest_grid_t": max(HANDOUT_T), "largest_grid_d": max(HANDOUT_D), "widest_d": max(HANDOUT_D),
+            "widest_peak": acc.attention_memory_bytes(batch, t, max(HANDOUT_D))["backward_peak"], "last_ok": max(prev, key=lambda x: x["seq_len"]) if prev else None,
             "square_share": 4 * batch * t * t / totals["saved"]}
 
 
