@@ -270,3 +270,93 @@ def test_measured_cell_out_of_memory_keeps_the_oom_and_stops_recording(fake_cuda
     assert runner.is_out_of_memory(e.value)  # so the runner records the cell as `oom`
     assert [c[0] for c in fake_cuda.calls] == ["record", "dump", "record"]  # a dump was tried
     assert fake_cuda.calls[-1] == ("record", None, None)  # recording stopped
+
+
+H100 = {"device": "NVIDIA H100 80GB HBM3", "device_type": "cuda", "host": "gpu-node-07", "torch": "2.5.1",
+        "cuda": "12.4"}
+
+
+def _gpu_record(ed, cell, status, seed=0, **config):
+    """A record as `lmreport run memory --profile handout-YYYY` writes it on an H100 (faked from a
+    synthetic snapshot's replay, which is what the measured cell stores)."""
+    from lmreport.ingest.snapshot import record_metrics, summarize
+    cfg = {"edition": ed.year, "profile": PROFILE.name, "batch": 4, "source": "measured", **config}
+    metrics, error = None, None
+    if status == "ok":
+        obj, _ = synthetic_snapshot(events=500, seed=seed)
+        f = pytest.importorskip("tempfile").NamedTemporaryFile(suffix=".pickle", delete=False)
+        f.write(pickle.dumps(obj))
+        f.close()
+        metrics = record_metrics(summarize(f.name)) | {"max_allocated_bytes": 1, "max_reserved_bytes": 1}
+    elif status == "oom":
+        error = "OutOfMemoryError: CUDA out of memory. Tried to allocate 1.25 GiB"
+    else:
+        error = "RuntimeError: CUBLAS_STATUS_EXECUTION_FAILED"
+    return store.make_record("memory", cell, cfg, H100, status, metrics=metrics, error=error)
+
+
+def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
+    """Only some measured cells ok, one OOM, one error, two snapshots of one configuration, no
+    estimates: the section renders, marks OOM/ERROR, names the GPU, and says what to run."""
+    recs = [
+        _gpu_record(ED25, "measured-2.7B-ctx128-train-fp32", "ok", 1, size="2.7B", ctx=128, mode="train", dtype="fp32"),
+        _gpu_record(ED25, "measured-2.7B-ctx128-train-bf16", "ok", 2, size="2.7B", ctx=128, mode="train", dtype="bf16"),
+        _gpu_record(ED25, "measured-2.7B-ctx128-train-fp32-other", "ok", 3, size="2.7B", ctx=128, mode="train",
+                    dtype="fp32", ingested=True),
+        _gpu_record(ED25, "measured-2.7B-ctx512-train-fp32", "oom", size="2.7B", ctx=512, mode="train", dtype="fp32"),
+        _gpu_record(ED25, "measured-2.7B-ctx256-forward-bf16", "error", size="2.7B", ctx=256, mode="forward",
+                    dtype="bf16"),
+    ]
+    md = _render(recs, ED25, tmp_path)
+    main_peak = recs[0]["metrics"]["peak_active_bytes"]
+    assert f"| 128 | train | fp32 | – | – | {main_peak / 1024**3:,.2f} |" in md  # the run's cell, not the extra one
+    assert "| 512 | train | fp32 | – | – | OOM |" in md and "| 256 | forward | bf16 | – | – | ERROR |" in md
+    assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node-07" in md and "Device: CPU" not in md
+    assert "*No estimates yet: run `lmreport run memory --profile cpu --edition 2025`" in md
+    assert "## Other snapshots" in md and "measured-2.7B-ctx128-train-fp32-other" in md
+    assert (tmp_path / "figures" / "memory-measured-train.png").exists()
+    assert "Measured (snapshot of train, context 128, fp32)" in md  # (e) from the chosen snapshot
+    assert "Measured only (no estimate of these cells yet)" in md and "*The estimated comparison needs" in md
+
+
+def test_estimates_next_to_partial_gpu_measurements(small_runs, tmp_path):
+    ed, runs, plan = small_runs
+    records = store.select(store.load_records(runs), ed.year, PROFILE.name)
+    # the fixture's runs folder is shared with the ingest test above: keep its estimates and CPU checks only
+    records = [r for r in records if r["config"]["source"] != "measured"]
+    records += [_gpu_record(ed, "measured-mini-ctx64-train-fp32", "ok", 5, size="mini", ctx=64, mode="train",
+                            dtype="fp32"),
+                _gpu_record(ed, "measured-mini-ctx64-train-bf16", "oom", size="mini", ctx=64, mode="train",
+                            dtype="bf16")]
+    md = _render(records, ed, tmp_path)
+    est = next(r for r in records if r["cell"] == "estimated-mini-ctx64-train-fp32")["metrics"]["peak_bytes"]
+    meas = records[-2]["metrics"]["peak_active_bytes"]
+    assert f"| {meas / est:,.3f} |" in md  # measured / estimated, side by side
+    assert "| 64 | train | bf16 |" in md and "| OOM |" in md
+    assert "Measurements: Device: NVIDIA H100 80GB HBM3" in md and "Estimates: Device: CPU" in md
+    mixed = md.split("## (c) What mixed precision changes")[1].split("## (d)")[0]
+    assert "| 64 | train |" in mixed and mixed.count("| – |") >= 1  # no measured change: bf16 ran out of memory
+
+
+def test_mixed_precision_sentences_follow_the_data(small_runs, tmp_path):
+    """M-c's conclusion is computed: make bf16 lower the training peak at one context (as it would for
+    a model whose activations dominate) and the text must say so, with the state's share of the peak."""
+    import copy
+    ed, runs, plan = small_runs
+    records = [r for r in store.select(store.load_records(runs), ed.year, PROFILE.name)
+               if r["config"]["source"] != "measured"]
+    md = _render(records, ed, tmp_path)
+    assert "does not lower the memory a training step needs at any context here" in md
+    fp32 = next(r for r in records if r["cell"] == "estimated-mini-ctx64-train-fp32")["metrics"]
+    from lmreport import accounting as acc
+    share = 16 * acc.parameter_count(CPU_MODELS["mini"]) / fp32["peak_bytes"]  # weights, grads, m, v: 16 B each
+    assert f"make up {share:.1%} of the fp32\ntraining peak at context 32" not in md  # the first context comes first
+    assert f"{share:.1%} at context 64" in md
+    bf16 = next(r for r in records if r["cell"] == "estimated-mini-ctx64-train-bf16")
+    lowered = copy.deepcopy(bf16)
+    lowered["metrics"]["peak_bytes"] = int(fp32["peak_bytes"] * 0.8)
+    records = [lowered if r is bf16 else r for r in records]
+    md = _render(records, ed, tmp_path)
+    assert "lower with bf16 at context 64" in md and "bf16\nautocast lowers the training peak at context\n64" in md
+    assert "Training at context 64: bf16 autocast lowers the peak by" in md
+    assert "does not lower the memory" not in md

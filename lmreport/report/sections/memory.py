@@ -15,6 +15,7 @@ from pathlib import Path
 from lmreport import accounting as acc
 from lmreport import store
 from lmreport.experiments.memory import CHECKPOINT_EDITIONS
+from lmreport.ingest.snapshot import cell_name as ingest_cell_name
 from lmreport.ingest.snapshot_frames import autograd_node
 from lmreport.report.context import SectionView
 from lmreport.sections import Section
@@ -53,17 +54,26 @@ def _records(view: SectionView, source: str) -> list[dict]:
     return [r for r in view.records if r["config"].get("source") == source]
 
 
+def _measured_by_key(view: SectionView, size: str) -> dict[tuple, dict]:
+    """One measured record per (ctx, mode, dtype, variant) of the edition's model: an ok one first,
+    then the cell a run writes (no file-name suffix), then by cell name. Several snapshots ingested
+    for one configuration are all kept; those not chosen here are listed under "Other snapshots"."""
+    def rank(r):
+        canonical = r["cell"] == ingest_cell_name(size, r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"],
+                                                  _variant(r["config"]) == "first_step",
+                                                  _variant(r["config"]) == "with_grad")
+        return (r["status"] != "ok", not canonical, r["cell"])
+    out: dict[tuple, dict] = {}
+    for r in sorted((r for r in _records(view, "measured") if r["config"].get("size") == size), key=rank):
+        k = r["config"]
+        out.setdefault((k["ctx"], k["mode"], k["dtype"], _variant(k)), r)
+    return out
+
+
 def _grid(view: SectionView, size: str, contexts, batch: int, cfg, swiglu: bool) -> list[dict]:
     est = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r
            for r in _records(view, "estimated") if r["status"] == "ok" and r["config"]["size"] == size}
-    meas: dict[tuple, dict] = {}
-    for r in _records(view, "measured"):
-        k = r["config"]
-        if k.get("size") != size:
-            continue
-        key = (k["ctx"], k["mode"], k["dtype"], _variant(k))
-        if key not in meas or (r["status"] == "ok" and meas[key]["status"] != "ok"):
-            meas[key] = r
+    meas = _measured_by_key(view, size)
     rows = []
     for ctx in contexts:
         formula = acc.peak_memory_bytes(cfg, batch, ctx, swiglu)
@@ -101,6 +111,26 @@ def _canonical(rows, ctx, mode, dtype):
     return next((r for r in rows if (r["ctx"], r["mode"], r["dtype"], r["variant"]) == (ctx, mode, dtype, "")), None)
 
 
+def _measured_pair(a, b) -> dict | None:
+    ma, mb = a["meas"], b["meas"]
+    if ma and mb and ma.get("peak") and mb.get("peak"):
+        return {"fp32": ma["peak"], "bf16": mb["peak"], "rel": mb["peak"] / ma["peak"] - 1}
+    return None
+
+
+def _mixed_measured_only(rows, contexts) -> list[dict]:
+    """M-c where both precisions were measured but not estimated (snapshots ingested, no estimate run)."""
+    out = []
+    for ctx in contexts:
+        for mode in MODES:
+            a, b = _canonical(rows, ctx, mode, "fp32"), _canonical(rows, ctx, mode, "bf16")
+            if a and b and not (a["est"] and b["est"]):
+                pair = _measured_pair(a, b)
+                if pair:
+                    out.append({"ctx": ctx, "mode": mode, **pair})
+    return out
+
+
 def _mixed_precision(rows, contexts) -> list[dict]:
     """M-c: bf16 against fp32, per context and mode (estimated; measured when both exist)."""
     out = []
@@ -114,10 +144,7 @@ def _mixed_precision(rows, contexts) -> list[dict]:
                    "rel": eb["peak"] / ea["peak"] - 1,
                    "act_fp32": ea["breakdown"]["activations"], "act_bf16": eb["breakdown"]["activations"],
                    "tmp_fp32": ea["breakdown"]["temporaries"], "tmp_bf16": eb["breakdown"]["temporaries"],
-                   "weight_copies": eb["weight_copies"], "measured": None}
-            ma, mb = a["meas"], b["meas"]
-            if ma and mb and ma.get("peak") and mb.get("peak"):
-                row["measured"] = {"fp32": ma["peak"], "bf16": mb["peak"], "rel": mb["peak"] / ma["peak"] - 1}
+                   "weight_copies": eb["weight_copies"], "measured": _measured_pair(a, b)}
             out.append(row)
     return out
 
@@ -133,10 +160,9 @@ def _estimated_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
 
 def _measured_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
     cells: dict[int, dict[str, dict]] = {}
-    for r in _records(view, "measured"):
-        k = r["config"]
-        if r["status"] == "ok" and k.get("size") == size and k["mode"] == mode and not _variant(k):
-            cells.setdefault(k["ctx"], {})[k["dtype"]] = r["metrics"]
+    for (ctx, mode_, dtype, variant), r in _measured_by_key(view, size).items():
+        if r["status"] == "ok" and mode_ == mode and not variant:
+            cells.setdefault(ctx, {})[dtype] = r["metrics"]
     return cells
 
 
@@ -154,10 +180,10 @@ def _top(view, size, ctxs) -> dict:
     out = {"measured": None, "estimated": None}
     order = [(ctx, mode, dtype) for ctx in sorted(ctxs, reverse=True) for mode in ("train", "forward")
              for dtype in DTYPES]
-    meas = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "measured")
-            if r["status"] == "ok" and r["config"].get("size") == size and not _variant(r["config"])}
-    variants = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "measured")
-                if r["status"] == "ok" and r["config"].get("size") == size and _variant(r["config"])}
+    chosen = _measured_by_key(view, size)
+    meas = {key[:3]: r for key, r in chosen.items() if r["status"] == "ok" and not key[3]}
+    variants = {key[:3]: r for key, r in sorted(chosen.items(), key=lambda kv: kv[0][3], reverse=True)
+                if r["status"] == "ok" and key[3]}
     pool = meas or variants  # canonical measurements first; else an ingested variant (first step, with autograd)
     for key in order:
         r = pool.get(key)
@@ -180,12 +206,18 @@ def _top(view, size, ctxs) -> dict:
     return out
 
 
+def _in_grid(view, size, contexts) -> set[str]:
+    """Cells of the measured records the peak table shows (one per configuration and variant)."""
+    return {r["cell"] for key, r in _measured_by_key(view, size).items() if key[0] in contexts}
+
+
 def _other_snapshots(view, size, contexts) -> list[dict]:
-    """Measured records outside the edition's grid (ingested snapshots of other configurations)."""
+    """Measured records the grid does not show: other configurations, or further snapshots of one."""
     out = []
+    shown = _in_grid(view, size, contexts)
     for r in _records(view, "measured"):
         k = r["config"]
-        if r["status"] != "ok" or (k.get("size") == size and k.get("ctx") in contexts):
+        if r["status"] != "ok" or r["cell"] in shown:
             continue
         m = r["metrics"]
         out.append({"cell": r["cell"], "config": k, "peak": m["peak_active_bytes"], "reserved": m["peak_reserved_bytes"],
@@ -254,11 +286,13 @@ def _figures(view, size, ed_contexts) -> dict:
                                     "measured active memory (CUDA snapshots)", f)
             out["measured"][mode] = md + ".png"
     series = []
+    chosen = list(_measured_by_key(view, size).values())
     for source in ("estimated", "measured"):
+        pool = _records(view, "estimated") if source == "estimated" else chosen
         for mode in MODES:
             for dtype in DTYPES:
                 pts = sorted((r["config"]["ctx"], r["metrics"]["peak_bytes" if source == "estimated" else "peak_active_bytes"])
-                             for r in _records(view, source) if r["status"] == "ok" and r["config"].get("size") == size
+                             for r in pool if r["status"] == "ok" and r["config"].get("size") == size
                              and r["config"]["mode"] == mode and r["config"]["dtype"] == dtype
                              and not _variant(r["config"]))
                 if pts:
@@ -268,9 +302,10 @@ def _figures(view, size, ed_contexts) -> dict:
         f, md = view.figure_path("peaks")
         figs.peaks_by_context(series, f)
         out["peaks"] = md + ".png"
+    shown = _in_grid(view, size, ed_contexts)
     for r in _records(view, "measured"):
         k = r["config"]
-        if r["status"] == "ok" and (_variant(k) or k.get("size") != size or k.get("ctx") not in ed_contexts):
+        if r["status"] == "ok" and (_variant(k) or r["cell"] not in shown):
             # no dots in the name: plots.save sets the suffix, and "2.7B" would lose everything after the dot
             f, md = view.figure_path("snapshot-" + r["cell"].replace(".", "_"))
             figs.measured_timeline(r["metrics"], f"{r['cell']}: measured active memory", f)
@@ -352,8 +387,15 @@ def build(view: SectionView) -> dict:
                  "batch": ed.residual_batch} for t in ed.residual_contexts]
     gpu_profile = f"handout-{ed.year}"
     mixed = _mixed_precision(rows, contexts)
-    mixed_summary = {mode: {way: [str(m["ctx"]) for m in mixed if m["mode"] == mode and _direction(m) == way]
+    for m in mixed:
+        m["direction"] = _direction(m)
+    mixed_summary = {mode: {way: [str(m["ctx"]) for m in mixed if m["mode"] == mode and m["direction"] == way]
                             for way in ("lower", "same", "higher")} for mode in MODES}
+    # M-c "whether it matters": how much of each fp32 training peak is what autocast leaves in fp32
+    # (weights, gradients, AdamW's m and v: 16 bytes per parameter)
+    state_bytes = 16 * acc.parameter_count(cfg)
+    state_share = [{"ctx": r["ctx"], "share": state_bytes / r["est"]["peak"]} for r in rows
+                   if r["mode"] == "train" and r["dtype"] == "fp32" and not r["variant"] and r["est"]]
     sizes = {"ffn_weight": 4 * cfg.d_model * cfg.d_ff, "embedding": 4 * cfg.vocab_size * cfg.d_model,
              "attn_weight": 4 * cfg.d_model * cfg.d_model,
              "scores": [{"ctx": t, "bytes": 4 * batch * cfg.num_heads * t * t} for t in contexts]}
@@ -366,6 +408,9 @@ def build(view: SectionView) -> dict:
         "measured_line": view.provenance(meas_ok)["line"] if meas_ok else None,
         "grid_line": view.provenance(est_recs + meas_ok)["line"] if (est_recs or meas_ok) else view.provenance([])["line"],
         "mixed": mixed, "mixed_summary": mixed_summary, "sizes": sizes,
+        "mixed_measured": _mixed_measured_only(rows, contexts),
+        "has_ratio": any(r["ratio"] for r in rows),
+        "state_bytes": state_bytes, "state_share": state_share,
         "stories": stories, "smallest_story": smallest_story,
         "first_vs_steady": first_vs_steady, "with_grad": with_grad,
         "top": _top(view, size, contexts),
