@@ -123,3 +123,13 @@ def test_html_viewer_is_torchs_own_and_needs_no_cuda(tmp_path):
     assert "MemoryViz.js" in html and "snapshot.pickle" in html and "cdn.jsdelivr.net" in note
     none, why = snapshot_mod.write_viewer(normalize([], "x"), [], tmp_path / "none.html")
     assert none is None and "no allocator history" in why
+
+
+def test_text_summary_names_phases_with_signed_times(tmp_path):
+    obj, _ = synthetic_snapshot(events=1000, seed=7)
+    obj["external_annotations"].insert(0, {"stage": "START", "name": "zero_grad", "device": 0,
+                                           "time_us": obj["device_traces"][0][0]["time_us"] - 700})
+    obj["external_annotations"].insert(1, {"stage": "END", "name": "zero_grad", "device": 0,
+                                           "time_us": obj["device_traces"][0][0]["time_us"] - 500})
+    text = snapshot_mod.format_summary(snapshot_mod.inspect_file(_write(tmp_path, obj)))
+    assert "phases (ms after the first entry): zero_grad from -0.7 to -0.5; Optimizer.step#AdamW.step from" in text

@@ -115,7 +115,9 @@ def format_summary(result: dict) -> str:
             lines.append(f"  OUT OF MEMORY at entry {o['event']:,}: requested {_size(o['size_bytes'] or 0)}, "
                          f"{_size(o['device_free_bytes'] or 0)} free on the device")
         if d.phases:
-            lines.append("  phases: " + "; ".join(f"{p.name} {p.start_ms:,.1f}-{p.end_ms:,.1f} ms" for p in d.phases))
+            # "from .. to" rather than "a-b": phases that began before the first entry have negative times
+            lines.append("  phases (ms after the first entry): " + "; ".join(
+                f"{p.name} from {p.start_ms:,.1f} to {p.end_ms:,.1f}" for p in d.phases))
         if d.top_allocations:
             lines.append("  largest allocations (size x count, source):")
             for a in d.top_allocations:
