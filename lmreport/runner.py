@@ -77,10 +77,18 @@ class CellSkipped(Exception):
 def missing_requirement(requires: str) -> str | None:
     from lmreport.device import cuda_available
     if requires in ("cuda", "nsys") and not cuda_available():
-        return "needs a CUDA GPU; run this section on a CUDA machine (see README: 'On a GPU machine')"
+        return "needs a CUDA GPU" + (" and Nsight Systems (`nsys` on PATH)" if requires == "nsys" else "")
     if requires == "nsys" and shutil.which("nsys") is None:
         return "needs Nsight Systems (`nsys` on PATH)"
     return None
+
+
+def _gpu_command(c: Cell) -> str:
+    """The command that runs a skipped cell's section where its requirement is met (README: 'On a GPU machine')."""
+    edition = c.config.get("edition")
+    profile = c.config.get("profile")
+    plan = f" --profile {profile}" if profile and profile != "cpu" else f" --profile handout-{edition}" if edition else ""
+    return f"`lmreport run {c.section}{plan}`"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -105,7 +113,7 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
     status, error, result = "ok", None, {}
     reason = missing_requirement(c.requires)
     if reason:
-        status, error = "skipped", reason
+        status, error = "skipped", f"{reason}; on such a machine: {_gpu_command(c)}"
     else:
         try:
             fn = run_fn or get(c.section).experiment_module().run_cell

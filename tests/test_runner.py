@@ -59,7 +59,11 @@ def test_unmet_requirement_is_skipped_with_reason(tmp_path, monkeypatch):
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
     c = runner.cell(PLAN, "fake", "gpu-only", requires="cuda")
     r = runner.execute_cell(c, tmp_path / "r.json")
-    assert r["status"] == "skipped" and "CUDA" in r["error"]
+    assert r["status"] == "skipped" and r["error"] == ("needs a CUDA GPU; on such a machine: "
+                                                       "`lmreport run fake --profile handout-2025`")
+    c = runner.cell(runner.Plan(*resolve("handout-2026", None, False)), "nsys", "gpu-only", requires="nsys")
+    assert runner.execute_cell(c, tmp_path / "r2.json")["error"] == (
+        "needs a CUDA GPU and Nsight Systems (`nsys` on PATH); on such a machine: `lmreport run nsys --profile handout-2026`")
 
 
 KILL_SCRIPT = textwrap.dedent("""
