@@ -153,6 +153,8 @@ def test_skipped_cells_are_one_line(tmp_path):
     assert res.counts["skipped"] == 8
     md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=section.build(view_of(runs, tmp_path / "f")))
     assert md.count("cells skipped on this machine") == 1 and "*8 cells skipped on this machine: needs a CUDA GPU" in md
+    assert "what the formulas give.\n\n*8 cells skipped" in md  # its own paragraph, not glued to the one before
+    assert "on such a machine: `lmreport run nsys --profile handout-2025`.*" in md
 
 
 class _CountSoftmax(TorchDispatchMode):
