@@ -67,7 +67,7 @@ def check_fraction_of_matmul_peak() -> bool:
 
 
 def check_harness_against_timer() -> bool:
-    """Paired rounds: harness then Timer, back to back, so both see the same machine state.
+    """Paired rounds: harness and Timer back to back, so both see the same machine state.
 
     On a 2-vCPU VM the speed of the same call drifts by 20% or more over seconds (measured
     here: 52 to 69 ms for one forward pass within a minute), far more than either tool's own
@@ -78,9 +78,21 @@ def check_harness_against_timer() -> bool:
     timer = Timer("w.step()", globals={"w": w}, num_threads=torch.get_num_threads())
     harness_median_ms(w, warmup=3, steps=5)  # warm both up before any pair
     harness, reference, ratios = [], [], []
-    for _ in range(PAIRED_ROUNDS):
-        h = harness_median_ms(w, warmup=0, steps=PAIR_STEPS)
-        t = timer.timeit(number=PAIR_STEPS).median * 1e3
+
+    def timer_median_ms() -> float:
+        # The same statistic on both sides: the median of PAIR_STEPS single calls. (timeit(number=k)
+        # gives one sample, the mean of k calls, which a slow outlier pulls and a median does not.)
+        return statistics.median(timer.timeit(number=1).median for _ in range(PAIR_STEPS)) * 1e3
+
+    for i in range(PAIRED_ROUNDS):
+        # Alternate which side goes first, so a machine slowing down or speeding up during the
+        # run does not favour one of them.
+        if i % 2:
+            t = timer_median_ms()
+            h = harness_median_ms(w, warmup=0, steps=PAIR_STEPS)
+        else:
+            h = harness_median_ms(w, warmup=0, steps=PAIR_STEPS)
+            t = timer_median_ms()
         harness.append(h)
         reference.append(t)
         ratios.append(h / t)

@@ -334,6 +334,7 @@ def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict |
             "cold_max_ratio": max((e["first_ratio"] for _, e in cold), default=None),
             "slow_threshold": SLOW_FIRST_STEP,
             "figure": ablation_figure(view, groups),
+            "figure_size": next((g["size"] for g in reversed(groups) if any(e["ok"] for e in g["by_warmup"])), None),
             "all_fresh": all(r["first_cell_in_process"] for r in rows if r["ok"]),
             "fresh_cells": [r["cell"] for r in fresh],
             "provenance": view.provenance([r["record"] for r in rows])["line"]}
