@@ -159,6 +159,7 @@ def test_section_shows_measured_rows_formulas_and_the_compiled_comparison(tiny_r
     assert "## (b) torch.compile: compiled against eager" in md and "| 16 | 32 |" in md.split("## (b)")[1]
     # The OOM record is the smallest configuration that ran out of memory on this device.
     assert "eager sweep that ran out of memory is **$d$ = 16, $T$ = 64**" in " ".join(md.split())
+    assert "Here the later cells reused it" in md  # one dynamic-shape compilation in this process
     assert (tmp_path / "figures" / "attention-time.png").stat().st_size > 0
     assert (tmp_path / "figures" / "attention-memory.png").stat().st_size > 0
 
@@ -222,6 +223,7 @@ def test_section_with_gpu_records(tmp_path):
     assert "more than the 85.9 GB" not in md and "of the device by formula, yet the cell ran out" in md
     assert "| 16 | 16,384 | **OOM** |" in md
     assert "8.00 MiB to 8.00 MiB beyond" in md  # what memory_allocated held besides the inputs
+    assert "Here the later cells compiled again" in md  # every compiled cell's first pass took 0.5 s
     assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025" in md
 
 
