@@ -203,7 +203,7 @@ class WorkerProcess:
     """
 
     def __init__(self, c: Cell, record_file: Path, env: dict | None = None):
-        self.cell, self.record_file = c, Path(record_file)
+        self.cell, self.record_file, self.env = c, Path(record_file), env
         self.log = store.artifacts_dir(self.record_file) / "worker.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # A record from an earlier run may exist; a fresh one has another mtime (no clock comparison).
@@ -236,15 +236,28 @@ class WorkerProcess:
         fresh = self.record_file.exists() and self.record_file.stat().st_mtime_ns != self.before
         if fresh:
             return store.read_record(self.record_file)
-        from lmreport.device import environment
         error = f"worker exited with {code} before writing a record; log: {self.log}"
         status = "oom" if _log_mentions_oom(self.log) else "error"
         c = self.cell
-        record = store.make_record(c.section, c.name, c.config, environment("cpu"), status, error=error,
+        record = store.make_record(c.section, c.name, c.config, self._environment(), status, error=error,
                                    artifacts={"log": self.log.name}, started_at=self.started,
                                    duration_s=time.perf_counter() - self.t0)
         store.write_record(self.record_file, record)
         return record
+
+
+    def _environment(self) -> dict:
+        """Where the dead worker ran, as far as this process knows without initialising CUDA here
+        (a CUDA context in the parent would hold GPU memory the next workers need): on a GPU
+        machine the device is unknown (None), never this parent's CPU."""
+        from lmreport.device import default_device, environment
+        env = environment("cpu")
+        device = default_device()
+        if device != "cpu":
+            env.update(device=None, device_type=device, cuda=None)
+        if self.env is not None:
+            env["cuda_visible_devices"] = self.env.get("CUDA_VISIBLE_DEVICES")
+        return env
 
 
 class SubprocessExecutor:

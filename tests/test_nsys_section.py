@@ -241,6 +241,9 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
     record("xl-ctx512-train-fp32", "error", "RuntimeError: nsys stats wrote no kernel summary (log: x)", ctx=512, **xl)
     record("large-ctx128-forward-fp32", "skipped", "needs Nsight Systems (`nsys` on PATH)", size="large", ctx=128,
            mode="forward", dtype="fp32")
+    env = {"device": None, "host": "h100-node", "device_type": "cuda"}  # a worker that died before saying its GPU
+    record("large-ctx1024-train-fp32", "error", "worker exited with -9 before writing a record; log: x", size="large",
+           ctx=1024, mode="train", dtype="fp32")
     record("hand-made", "ok", metrics={"kernels": [{"name": "k"}]}, size="small", ctx=512, mode="forward")
     records = store.select(store.load_records(runs), ed.year, prof.name)
     view = SectionView(get("nsys"), [r for r in records if r["section"] == "nsys"], ed, prof, plan.run,
@@ -254,6 +257,7 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
             in md) and "none of those tried" not in md
     assert "| xl | 1024 | train | **OOM** |" in md and "| xl | 512 | train | **error** |" in md
     assert "hand-made" not in md and "Device: NVIDIA H100 80GB HBM3 · host h100-node · profile handout-2025" in md
+    assert "| large | 1024 | train | **error** |" in md and "Mixed devices" not in md
     assert "per forward pass (source:\nnvtx_kern_sum" in md  # a space before the bracket
     assert [k["size"] for k in ctx["kernel_rows"]] == ["small", "medium"] and ctx["kernel_rows"][1]["step"] is None
     assert "One forward pass runs 9 L + 1 matrix multiplies" in md  # counted from accounting.forward_matmuls

@@ -147,6 +147,16 @@ def test_subprocess_executor_records_a_worker_that_dies_without_writing(tmp_path
     assert r["status"] == status and f"worker exited with {-signal.SIGKILL} before writing a record" in r["error"]
     assert str(log) in r["error"] and r["artifacts"] == {"log": "worker.log"} and last_words in log.read_text()
     assert store.read_record(record_file)["status"] == status
+    assert r["environment"]["device"].startswith("CPU")  # this machine has no GPU: the worker ran on its CPU
+
+
+def test_a_dead_worker_on_a_gpu_machine_is_not_labelled_with_the_cpu(tmp_path, monkeypatch):
+    """The parent does not initialise CUDA to name the GPU: the device is unknown, not "CPU: ..."."""
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: True)
+    worker = runner.WorkerProcess.__new__(runner.WorkerProcess)
+    worker.env = {"CUDA_VISIBLE_DEVICES": "3"}
+    env = worker._environment()
+    assert env["device"] is None and env["device_type"] == "cuda" and env["cuda_visible_devices"] == "3"
 
 
 @pytest.mark.parametrize("executor", ["inline", "subprocess"])
