@@ -242,3 +242,15 @@ def test_a_record_outside_the_contract_is_skipped_with_a_warning(tiny_runs, tmp_
         ctx = report.build(view)
     assert (16, 32) not in {(r["d"], r["seq_len"]) for r in ctx["tables"]["eager"]}
     assert ctx["tables"]["eager"] and ctx["checks"]["within"] == ctx["checks"]["n"]
+
+
+@pytest.mark.parametrize("keep", [("eager",), ("sdpa",), ("compiled",), ()])
+def test_section_renders_with_only_some_variants(tiny_runs, tmp_path, keep):
+    """Partial data: the missing variants say so, the formulas and the rest still render."""
+    view = _view(tiny_runs, tmp_path)
+    view.records = [r for r in view.records if r["config"]["variant"] in keep or r["config"]["source"] == "estimated"]
+    md = render_mod.jinja_env().get_template("sections/attention.md.j2").render(ctx=report.build(view))
+    assert "### Memory accounting" in md and "### One of the smallest configurations" in md
+    assert ("No torch.compile records yet" in md) == ("compiled" not in keep)
+    for v in ("eager", "sdpa"):  # (a) has a table per measured variant, and only then
+        assert (f"**{report.VARIANT_LABELS[v]}.** Mean" in md) == (v in keep)
