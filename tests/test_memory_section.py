@@ -307,9 +307,11 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
         _gpu_record(ED25, "measured-2.7B-ctx256-forward-bf16", "error", size="2.7B", ctx=256, mode="forward",
                     dtype="bf16"),
     ]
+    recs[0]["metrics"]["peak_phase"] = "backward"  # as the cell's phase spans or torch's annotations say
     md = _render(recs, ED25, tmp_path)
     main_peak = recs[0]["metrics"]["peak_active_bytes"]
-    assert f"| 128 | train | fp32 | – | – | {main_peak / 1024**3:,.2f} |" in md  # the run's cell, not the extra one
+    # the run's cell, not the extra snapshot of the same configuration; when the peak happened
+    assert f"| 128 | train | fp32 | – | – | {main_peak / 1024**3:,.2f} (in backward) |" in md
     assert "| 512 | train | fp32 | – | – | OOM |" in md and "| 256 | forward | bf16 | – | – | ERROR |" in md
     assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node-07" in md and "Device: CPU" not in md
     assert "*No estimates yet: run `lmreport run memory --profile cpu --edition 2025`" in md
