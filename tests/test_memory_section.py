@@ -362,3 +362,18 @@ def test_mixed_precision_sentences_follow_the_data(small_runs, tmp_path):
     assert "lower with bf16 at context 64" in md and "bf16\nautocast lowers the training peak at context\n64" in md
     assert "Training at context 64: bf16 autocast lowers the peak by" in md
     assert "does not lower the memory" not in md
+
+
+def test_a_record_missing_what_the_section_reads_is_left_out_with_a_warning(tmp_path):
+    good = _gpu_record(ED25, "measured-2.7B-ctx128-train-fp32", "ok", 1, size="2.7B", ctx=128, mode="train",
+                       dtype="fp32")
+    old = _gpu_record(ED25, "measured-2.7B-ctx256-train-fp32", "ok", 2, size="2.7B", ctx=256, mode="train",
+                      dtype="fp32")
+    del old["metrics"]["timeline"]  # e.g. written by an older version
+    noconf = _gpu_record(ED25, "measured-2.7B-ctx512-train-fp32", "oom", size="2.7B", ctx=512, mode="train",
+                         dtype="fp32")
+    del noconf["config"]["ctx"]
+    with pytest.warns(UserWarning, match=r"measured-2.7B-ctx256-train-fp32 left out \(no metrics.timeline\)"):
+        md = _render([good, old, noconf], ED25, tmp_path)
+    assert f"{good['metrics']['peak_active_bytes'] / 1024**3:,.2f}" in md
+    assert "| 256 | train | fp32 | – | – | – |" in md and "| 512 | train | fp32 | – | – | – |" in md

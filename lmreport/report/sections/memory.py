@@ -10,6 +10,7 @@ shows the formulas and the commands that produce the rest.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from lmreport import accounting as acc
@@ -50,8 +51,36 @@ def _source_label(src: str | None) -> dict:
     return {"kind": "code", "text": src}
 
 
+# What build() reads from a record of each source: a record without it (hand-edited, or written
+# by another version of lmreport) is left out with a warning instead of failing the whole writeup.
+_NEEDS_CONFIG = {"estimated": ("size", "ctx", "mode", "dtype"), "measured": ("size", "ctx", "mode", "dtype"),
+                 "cpu_check": ("size", "ctx", "mode", "dtype"), "block": ("size", "ctx", "batch"),
+                 "checkpointing": ("size", "ctx", "checkpoint_every")}
+_NEEDS_METRICS = {
+    "estimated": ("peak_bytes", "breakdown", "initial_bytes", "final_bytes", "peak_event", "timeline", "phase_spans",
+                  "top_allocations"),
+    "measured": ("peak_active_bytes", "peak_reserved_bytes", "initial_active_bytes", "trace_events", "timeline",
+                 "top_allocations"),
+    "cpu_check": ("estimated_peak_bytes", "measured_peak_bytes", "relative_error"),
+    "block": ("saved_activation_bytes", "saved_parameter_bytes", "block_input_bytes", "gradient_bytes",
+              "block_parameters", "top_nodes"),
+    "checkpointing": ("peak_bytes", "peak_phase"),
+}
+
+
+def _usable(r: dict, source: str) -> bool:
+    cfg, metrics = r.get("config") or {}, r.get("metrics") or {}
+    missing = [k for k in _NEEDS_CONFIG.get(source, ()) if k not in cfg]
+    if r.get("status") == "ok":
+        missing += [f"metrics.{k}" for k in _NEEDS_METRICS.get(source, ()) if k not in metrics]
+    if missing:
+        warnings.warn(f"memory: record {r.get('_path') or r.get('cell')} left out (no {', '.join(missing)})",
+                      stacklevel=3)
+    return not missing
+
+
 def _records(view: SectionView, source: str) -> list[dict]:
-    return [r for r in view.records if r["config"].get("source") == source]
+    return [r for r in view.records if (r.get("config") or {}).get("source") == source and _usable(r, source)]
 
 
 def _measured_by_key(view: SectionView, size: str) -> dict[tuple, dict]:
