@@ -361,7 +361,8 @@ def _checkpointing(view: SectionView, size: str, cfg) -> dict | None:
                            "top": [{**t, "share": t["bytes"] / total} for t in m["top_nodes"]]})
     out = {"blocks": block_rows, "rows": [], "best": None, "predicted_k": None, "ctx": None,
            "budget": view.edition.memory_budget_bytes, "layers": cfg.num_layers,
-           "provenance": view.provenance(blocks + ck)["line"]}
+           "provenance": view.provenance(ck or blocks)["line"],
+           "block_provenance": view.provenance(blocks)["line"] if blocks else None}
     if not ck:
         return out
     ctx = ck[0]["config"]["ctx"]
