@@ -130,7 +130,7 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
         kept = _keep_ok_record(c, record_file, error)
         if kept is not None:
             return kept
-    _set_aside_unreadable(record_file)
+    set_aside_unreadable(record_file)
     record = store.make_record(c.section, c.name, c.config, environment(default_device()), status,
                                metrics=result.get("metrics"), artifacts=result.get("artifacts"),
                                error=error, started_at=started, duration_s=time.perf_counter() - t0)
@@ -158,7 +158,7 @@ def _keep_ok_record(c: Cell, record_file: Path, reason: str | None) -> dict | No
     return previous
 
 
-def _set_aside_unreadable(record_file: Path) -> None:
+def set_aside_unreadable(record_file: Path) -> None:
     """A record file that is not a record is renamed `<cell>.json.unreadable`, not overwritten (a
     hand-edited or truncated file may still be worth reading); the loader skips that name."""
     if not record_file.exists():

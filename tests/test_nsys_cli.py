@@ -103,3 +103,22 @@ def test_ingest_refuses_a_profile_without_kernels(tmp_path, capsys):
                        "--runs-dir", tmp_path / "runs", "--profile", "cpu")
     assert code == 2 and err.count("\n") == 1 and f"{empty}: line 1: the cuda_gpu_kern_sum table has no rows" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_ingest_keeps_an_existing_profile_unless_replace(tmp_path, capsys):
+    from lmreport import store
+    first, second = write_profile(tmp_path / "a"), write_profile(tmp_path / "b")
+    second[0].write_text(second[0].read_text().replace("40000000", "41000000", 1))  # another profile
+    argv = ["--size", "tiny", "--ctx", "64", "--mode", "forward", "--runs-dir", tmp_path / "runs", "--profile", "cpu"]
+    record_file = tmp_path / "runs" / "2025-cpu" / "nsys" / "tiny-ctx64-forward-fp32.json"
+    # a CPU run's skipped placeholder is replaced
+    skipped = store.make_record("nsys", "tiny-ctx64-forward-fp32", {"size": "tiny", "ctx": 64, "mode": "forward"},
+                                {"device": "CPU"}, "skipped", error="needs a CUDA GPU")
+    store.write_record(record_file, skipped)
+    assert run(capsys, "ingest", "nsys", *first, *argv)[0] == 0
+    assert run(capsys, "ingest", "nsys", *first, *argv)[0] == 0  # the same files again: nothing to lose
+    code, _, err = run(capsys, "ingest", "nsys", *second, *argv)
+    assert code == 2 and err.count("\n") == 1 and f"{record_file} already holds a profile ingested from" in err
+    assert "--replace" in err and store.read_record(record_file)["metrics"]["kernel_total_ns"] == 79_500_000
+    assert run(capsys, "ingest", "nsys", *second, *argv, "--replace")[0] == 0
+    assert store.read_record(record_file)["metrics"]["kernel_total_ns"] == 80_500_000

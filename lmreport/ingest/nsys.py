@@ -8,6 +8,7 @@ turns the reports of one profile made elsewhere into an nsys record (the same me
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import socket
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
 from lmreport.ingest.nsys_summary import KERNEL_REPORTS, pick_tables, range_name, summarise
-from lmreport.ingest.nsys_tables import Table, parse_file
+from lmreport.ingest.nsys_tables import REPORTS, Table, parse_file
 from lmreport.kernels import parse_kernel_name
 
 INSPECT_KIND = "nsys"
@@ -97,6 +98,8 @@ def add_ingest_arguments(p) -> None:
     p.add_argument("--device", help="the GPU that made the profile, e.g. 'NVIDIA H100 80GB HBM3'")
     p.add_argument("--host", help="the machine that made the profile")
     p.add_argument("--run", type=int, metavar="N", help="the N-th profile of files that hold several (1-based)")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an existing profile of the same cell (kept by default)")
 
 
 def cell_name(size: str, ctx: int, mode: str, dtype: str) -> str:
@@ -109,9 +112,35 @@ def _known_sizes(plan) -> list[str]:
     return list(dict.fromkeys([*plan.edition.study_models, *plan.profile.models(plan.edition), *CPU_MODELS]))
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _refuse_overwrite(record_file: Path, sources: set[Path], replace: bool) -> None:
+    """An ok or out-of-memory record of the cell (profiled here, or ingested from other files) is kept
+    unless --replace; skipped and error records are placeholders; the same files again change nothing."""
+    if replace or not record_file.exists():
+        return
+    try:
+        old = store.read_record(record_file)
+    except InputFileError:
+        return  # not a record: the runner's rule applies, it is set aside below
+    if old["status"] in ("skipped", "error"):
+        return
+    folder = store.artifacts_dir(record_file)
+    kept = {folder / name for report, name in (old.get("artifacts") or {}).items()
+            if report in REPORTS and isinstance(name, str) and (folder / name).is_file()}
+    if kept and {_sha256(f) for f in kept} == {_sha256(f) for f in sources}:
+        return
+    what = ("a profile made by `lmreport run nsys`" if old["metrics"].get("source") == "profiled" else
+            f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
+            if old["status"] == "ok" else "an out-of-memory record")
+    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it")
+
+
 def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     from lmreport.device import git_info
-    from lmreport.runner import cell
+    from lmreport.runner import cell, set_aside_unreadable
 
     sizes = _known_sizes(plan)
     if args.size not in sizes:
@@ -146,6 +175,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     c = cell(plan, INGEST_SECTION, cell_name(args.size, args.ctx, args.mode, args.dtype), requires="nsys",
              size=args.size, ctx=args.ctx, mode=args.mode, dtype=args.dtype, batch=batch, source="ingested")
     record_file = store.record_path(args.runs_dir, plan.run, INGEST_SECTION, c.name)
+    _refuse_overwrite(record_file, {origin[id(t)] for t in chosen.values()}, getattr(args, "replace", False))
     artifacts_dir = store.artifacts_dir(record_file)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     copied: dict[Path, str] = {}
@@ -166,5 +196,6 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
                    "ingested_from": [str(p) for p in paths]}
     record = store.make_record(INGEST_SECTION, c.name, c.config, environment, "ok", metrics=metrics,
                                artifacts=artifacts)
+    set_aside_unreadable(record_file)
     store.write_record(record_file, record)
     return [record_file]
