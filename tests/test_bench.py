@@ -159,7 +159,7 @@ def test_bench_section_renders_tables_oom_rows_and_plots(small_sweep, tmp_path):
     assert "### forward + backward, fp32" in md and "### full training step, bf16 autocast" in md
     assert "| mini | 16 | **OOM** |" in md and "Cells that did not run: mini at context 16" in md
     assert md.count("Device: CPU") >= 6  # every table carries its provenance line
-    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md and "with 0, 2 warm-up steps" in md
+    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md and "with 0 and 2 warm-up steps" in md
     for fig in ("bench-time-vs-context.png", "bench-warmup-ablation.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
     assert "No torch.compile records yet" in md  # this cut-down profile has no compile cells
