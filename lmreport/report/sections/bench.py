@@ -168,7 +168,7 @@ def bf16_comparison(view: SectionView, records: list[dict]) -> dict:
     return {"pairs": pairs, "trends": trends, "records": used,
             "best": max((p for p in pairs if p["ok"]), key=lambda p: p["speedup"], default=None),
             "worst": min((p for p in pairs if p["ok"]), key=lambda p: p["speedup"], default=None),
-            "faster_count": sum(s > 1 for s in speedups), "count": len(speedups)}
+            "faster_count": sum(s > 1 for s in speedups), "count": len(speedups), "same_band": SAME_BAND}
 
 
 def bf16_speedup_figure(view: SectionView, comparison: dict) -> str | None:
