@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from datetime import datetime, timezone
@@ -52,9 +53,17 @@ def make_record(section: str, cell: str, config: dict, environment: dict, status
 
 
 def write_record(path: Path, record: dict) -> Path:
-    """Write atomically: temp file in the same folder, fsync, rename."""
+    """Write atomically: temp file in the same folder, fsync, rename.
+
+    A failed outcome never destroys a measurement: when an `ok` record is about to be replaced
+    by one that is not ok (a `--rerun` that ran out of memory this time), the ok one is kept
+    beside it as `<cell>.kept-<its start time>.json`, where `select` still finds it as the
+    newest ok record of the cell, and a plain rerun retries the cell.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if record.get("status") != "ok" and is_ok(path):
+        _keep_ok_record(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -70,6 +79,21 @@ def write_record(path: Path, record: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+KEPT_MARK = ".kept-"  # in the name of an ok record set aside by write_record
+
+
+def is_kept_copy(path: Path) -> bool:
+    """True for an ok record kept beside a cell's newer, failed one (not a cell of its own)."""
+    return KEPT_MARK in Path(path).name
+
+
+def _keep_ok_record(path: Path) -> Path:
+    stamp = re.sub(r"[^0-9A-Za-z]+", "", str(read_record(path).get("started_at") or "")) or "undated"
+    kept = path.with_name(f"{path.stem}{KEPT_MARK}{stamp}.json")
+    os.replace(path, kept)
+    return kept
 
 
 def _umask() -> int:

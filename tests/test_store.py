@@ -91,3 +91,20 @@ def test_records_are_readable_by_the_group_like_other_files(tmp_path):
     finally:
         os.umask(old)
     assert (p.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_failed_rerun_keeps_the_ok_record_it_replaces(tmp_path):
+    path = tmp_path / "run" / "bench" / "c.json"
+    good = store.make_record("bench", "c", {}, {}, "ok", metrics={"step_ms": {"mean": 1.0}},
+                             started_at="2026-01-01T00:00:00+00:00")
+    store.write_record(path, good)
+    store.write_record(path, store.make_record("bench", "c", {}, {}, "oom", error="CUDA out of memory"))
+    kept = [p for p in path.parent.iterdir() if store.is_kept_copy(p)]
+    assert len(kept) == 1 and store.read_record(kept[0])["metrics"] == good["metrics"]
+    assert store.read_record(path)["status"] == "oom" and not store.is_ok(path)  # a plain rerun retries it
+    (chosen,) = store.select(store.load_records(tmp_path))
+    assert chosen["status"] == "ok"  # the writeup keeps the measurement
+    # An ok result replaces an ok one without keeping copies.
+    store.write_record(path, store.make_record("bench", "c", {}, {}, "ok"))
+    store.write_record(path, store.make_record("bench", "c", {}, {}, "ok"))
+    assert len([p for p in path.parent.iterdir() if store.is_kept_copy(p)]) == 1

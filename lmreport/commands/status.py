@@ -40,7 +40,9 @@ def section_cells(name: str, plan, run_dir: Path, jobs: dict) -> list[tuple[str,
         warnings.warn(f"{name}: cannot list the plan's cells ({type(e).__name__}: {e}); showing recorded cells only",
                       stacklevel=2)
     folder = run_dir / name
-    recorded = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".")) if folder.is_dir() else []
+    from lmreport import store
+    recorded = sorted(p.stem for p in folder.glob("*.json")
+                      if not p.name.startswith(".") and not store.is_kept_copy(p)) if folder.is_dir() else []
     submitted = [cell for (section, cell) in jobs if section == name]
     return [(name, cell) for cell in dict.fromkeys([*names, *recorded, *submitted])]
 
