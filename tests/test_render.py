@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import sys
@@ -114,3 +115,22 @@ def test_provenance_names_device_and_flags_mixed_records():
     p = view.provenance()
     assert p["mixed"] and "Mixed devices" in p["line"] and "NVIDIA A100; NVIDIA H100" in p["line"] and "profile cpu" in p["line"]
     assert not view.provenance(recs[:1])["mixed"] and view.provenance([])["line"].startswith("Formulas only")
+
+
+def test_a_crashing_section_costs_only_its_own_chapter(tmp_path, monkeypatch, capsys):
+    """A bug in one section's build() or template: the writeup still renders, the chapter says so, exit 1."""
+    from lmreport.cli import main
+    from lmreport.sections import get
+    broken = types.SimpleNamespace(build=lambda view: 1 / 0)
+    sec = get("precision")
+    monkeypatch.setattr(type(sec), "report_module", lambda self: broken if self.name == "precision"
+                        else importlib.import_module(self.report))
+    code = main(["render", "--profile", "cpu", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "b"),
+                 "--no-pdf"])
+    md = (tmp_path / "b" / "writeup.md").read_text()
+    assert code == 1
+    assert "could not be rendered:** `ZeroDivisionError: division by zero`" in md
+    assert "2,127,057,600" in md  # the accounting chapter is intact
+    err = capsys.readouterr().err
+    assert "lmreport: warning: section precision: building failed (ZeroDivisionError" in err
+    assert "FAILED to render: precision" in err and "Traceback" not in err

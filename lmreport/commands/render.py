@@ -22,8 +22,10 @@ def main(args) -> int:
     from lmreport.report.render import render
     profile, edition = resolve_plan(args)
     out = render(args.runs_dir, args.out, edition, profile, pdf=not args.no_pdf)
-    missing = [s["name"] for s in out.sections if s["status"] != "ok"]
+    missing = [s["name"] for s in out.sections if s["status"] == "missing"]
+    failed = [s["name"] for s in out.sections if s["status"] == "failed"]
     print(f"wrote {out.markdown}" + (f" and {out.pdf}" if out.pdf else "")
-          + f" from {len(out.records)} records" + (f"; no records yet for: {', '.join(missing)}" if missing else ""),
+          + f" from {len(out.records)} records" + (f"; no records yet for: {', '.join(missing)}" if missing else "")
+          + (f"; FAILED to render: {', '.join(failed)} (see the warnings above)" if failed else ""),
           file=sys.stderr)
-    return 0
+    return 1 if failed else 0

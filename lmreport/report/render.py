@@ -8,6 +8,8 @@ instead of printing an empty string.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,7 +39,7 @@ class Rendered:
     markdown: Path
     pdf: Path | None
     records: list[dict]  # the records the writeup used
-    sections: list[dict]  # name, title, status ("ok" or "missing")
+    sections: list[dict]  # name, title, status ("ok", "missing" or "failed")
 
 
 def title_facts(edition: Edition, profile: Profile, records: list[dict]) -> dict:
@@ -70,9 +72,32 @@ def build_sections(records: list[dict], edition: Edition, profile: Profile, figu
         except MissingRecords as e:
             ctx = {"reason": str(e), "command": view.run_command()}
             template, status = "sections/_missing.md.j2", "missing"
+        except Exception as e:  # noqa: BLE001 - one broken section must not cost the user the others
+            ctx, template, status = _failure(s.name, "building", e), "sections/_failed.md.j2", "failed"
         out.append({"name": s.name, "title": s.title, "template": template, "status": status,
                     "devices": view.devices(), "hosts": view.provenance()["hosts"], "ctx": ctx})
     return out
+
+
+def _failure(section: str, stage: str, e: Exception) -> dict:
+    """A section that crashed: warn on one line, and give its chapter a note instead of its body."""
+    error = f"{type(e).__name__}: {e}".strip()
+    warnings.warn(f"section {section}: {stage} failed ({error}); the rest of the writeup is rendered "
+                  "(set LMREPORT_DEBUG=1 for the traceback)", stacklevel=3)
+    if os.environ.get("LMREPORT_DEBUG"):
+        raise e
+    return {"error": error, "section": section}
+
+
+def render_bodies(env: jinja2.Environment, sections: list[dict], **variables) -> None:
+    """Render each section's template on its own, so a template error fails one chapter only."""
+    for s in sections:
+        try:
+            s["body"] = env.get_template(s["template"]).render(ctx=s["ctx"], s=s, **variables)
+        except Exception as e:  # noqa: BLE001 - as in build_sections
+            s["ctx"], s["template"], s["status"] = _failure(s["name"], "rendering its template", e), \
+                "sections/_failed.md.j2", "failed"
+            s["body"] = env.get_template(s["template"]).render(ctx=s["ctx"], s=s, **variables)
 
 
 def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pdf: bool = True) -> Rendered:
@@ -81,8 +106,9 @@ def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pd
     records = store.select(store.load_records(runs_dir), edition.year, profile.name)
     sections = build_sections(records, edition, profile, out_dir / "figures")
     meta = title_facts(edition, profile, records)
-    text = jinja_env().get_template("writeup.md.j2").render(meta=meta, sections=sections,
-                                                             edition=edition, profile=profile)
+    env = jinja_env()
+    render_bodies(env, sections, meta=meta, edition=edition, profile=profile)
+    text = env.get_template("writeup.md.j2").render(meta=meta, sections=sections, edition=edition, profile=profile)
     md = out_dir / "writeup.md"
     md.write_text(text)
     pdf_path = None
