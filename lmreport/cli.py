@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lmreport: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lmreport inspect ... | head`: the reader has gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except OSError as e:  # a path the user gave (or its disk) refused: name it; it is not a bug
         if debug:
             raise

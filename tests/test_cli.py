@@ -83,3 +83,19 @@ def test_an_output_path_the_system_refuses_is_one_line_naming_it(capsys, tmp_pat
     code, _, err = run(capsys, "render", "--profile", "cpu", "--runs-dir", str(tmp_path / "none"),
                        "--out", str(blocker / "build"), "--no-pdf")
     assert code == 2 and err.count("\n") == 1 and str(blocker / "build") in err and "Traceback" not in err
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(samples_dir):
+    """`lmreport inspect ... | head -1`: the reader leaves early; exit 0, no error line.
+
+    The read end is closed before the child has even started, so its first write fails with
+    EPIPE for sure (a real `head` may leave before or after a small output is written).
+    """
+    import subprocess
+    import sys
+    files = sorted(str(p) for p in (samples_dir / "nsys").iterdir())
+    proc = subprocess.Popen([sys.executable, "-m", "lmreport", "inspect", "nsys", *files],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "error" not in err.lower(), err
