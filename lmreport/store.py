@@ -177,5 +177,20 @@ def select(records: Iterable[dict], edition: int | None = None, profile: str | N
     return sorted(best.values(), key=lambda r: (r["section"], r["cell"]))
 
 
+def other_plans(records: Iterable[dict], edition: int, profile: str) -> dict[tuple[int | None, str | None], int]:
+    """(edition, profile) -> records that `select(records, edition, profile)` leaves out.
+
+    A run copied from a GPU machine (profile handout-2025) is not part of a `cpu` writeup; the
+    render command names these so that nobody wonders where their records went.
+    """
+    counts: dict[tuple[int | None, str | None], int] = {}
+    for r in records:
+        cfg = r.get("config", {})
+        e, p = cfg.get("edition"), cfg.get("profile")
+        if e not in (None, edition) or p not in (None, profile):
+            counts[(e, p)] = counts.get((e, p), 0) + 1
+    return counts
+
+
 def _rank(r: dict) -> tuple[bool, str]:
     return (r["status"] == "ok", r.get("started_at") or "")

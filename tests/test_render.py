@@ -134,3 +134,18 @@ def test_a_crashing_section_costs_only_its_own_chapter(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "lmreport: warning: section precision: building failed (ZeroDivisionError" in err
     assert "FAILED to render: precision" in err and "Traceback" not in err
+
+
+def test_render_names_records_of_other_profiles_it_leaves_out(tmp_path, capsys):
+    from lmreport import store
+    from lmreport.cli import main
+    runs = tmp_path / "runs"
+    for i, (year, prof) in enumerate([(2025, "handout-2025"), (2025, "handout-2025"), (2026, "cpu")]):
+        store.write_record(runs / "copied" / f"r{i}.json",
+                           store.make_record("bench", f"c{i}", {"edition": year, "profile": prof}, {}, "ok"))
+    code = main(["render", "--profile", "cpu", "--edition", "2025", "--runs-dir", str(runs),
+                 "--out", str(tmp_path / "b"), "--no-pdf"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "2 records of profile handout-2025, edition 2025 (render them with `lmreport render --profile handout-2025`)" in err
+    assert "1 record of profile cpu, edition 2026 (render them with `lmreport render --profile cpu --edition 2026`)" in err

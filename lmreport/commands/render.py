@@ -28,4 +28,8 @@ def main(args) -> int:
           + f" from {len(out.records)} records" + (f"; no records yet for: {', '.join(missing)}" if missing else "")
           + (f"; FAILED to render: {', '.join(failed)} (see the warnings above)" if failed else ""),
           file=sys.stderr)
+    for (year, name), n in sorted(out.not_used.items(), key=lambda kv: -kv[1]):
+        flags = f"--profile {name}" + (f" --edition {year}" if name and not name.startswith("handout-") else "")
+        print(f"  not in this writeup: {n} record{'s' if n != 1 else ''} of profile {name}, edition {year} "
+              f"(render them with `lmreport render {flags}`)", file=sys.stderr)
     return 1 if failed else 0

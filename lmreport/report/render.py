@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Rendered:
     pdf: Path | None
     records: list[dict]  # the records the writeup used
     sections: list[dict]  # name, title, status ("ok", "missing" or "failed")
+    not_used: dict = field(default_factory=dict)  # (edition, profile) -> records of other plans under runs/
 
 
 def title_facts(edition: Edition, profile: Profile, records: list[dict]) -> dict:
@@ -103,7 +104,8 @@ def render_bodies(env: jinja2.Environment, sections: list[dict], **variables) ->
 def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pdf: bool = True) -> Rendered:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = store.select(store.load_records(runs_dir), edition.year, profile.name)
+    loaded = store.load_records(runs_dir)
+    records = store.select(loaded, edition.year, profile.name)
     sections = build_sections(records, edition, profile, out_dir / "figures")
     meta = title_facts(edition, profile, records)
     env = jinja_env()
@@ -117,4 +119,5 @@ def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pd
         used = [{k: v for k, v in r.items() if k != "_path"} for r in records]
         pdf_path = markdown_to_pdf(md, out_dir / "writeup.pdf", meta,
                                    attachments={"records.json": json.dumps(used, indent=1).encode()})
-    return Rendered(md, pdf_path, records, [{k: s[k] for k in ("name", "title", "status")} for s in sections])
+    return Rendered(md, pdf_path, records, [{k: s[k] for k in ("name", "title", "status")} for s in sections],
+                    store.other_plans(loaded, edition.year, profile.name))
