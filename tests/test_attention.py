@@ -3,7 +3,6 @@ sweep through the real cell function on a tiny grid, OOM as a record, and the re
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest

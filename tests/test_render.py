@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import sys
 import types
@@ -16,7 +15,6 @@ from pypdf import PdfReader
 from lmreport import runner
 from lmreport.presets import resolve
 from lmreport.report import render as render_mod
-from lmreport.report.context import MissingRecords
 from lmreport.sections import Section
 
 PROFILE, ED25 = resolve("cpu", 2025, False)

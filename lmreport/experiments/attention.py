@@ -48,7 +48,6 @@ from lmreport.timing import time_phases, untimed_phase
 
 SECTION = "attention"
 VARIANTS = ("eager", "compiled", "sdpa")
-FUSED_VARIANTS = ("sdpa",)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ import statistics
 
 from lmreport import accounting as acc
 from lmreport import peaks
-from lmreport.experiments.bench import (COMPILE_MODES, MATMUL_N, MODE_PHASES, PHASE_METRICS, cell_name,
-                                        matmul_cell_name)
+from lmreport.experiments.bench import COMPILE_MODES, MODE_PHASES, PHASE_METRICS, cell_name, matmul_cell_name
 from lmreport.report import plots
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
@@ -70,7 +69,6 @@ def record_problem(r: dict) -> str | None:
 def contract_records(records: list[dict], warn: bool = True) -> list[dict]:
     """The bench records the report can read; the others are skipped (with a warning naming the file)."""
     return _records.readable(records, record_problem, warn=warn)
-
 
 
 def kind_of(r: dict) -> str:
@@ -399,7 +397,7 @@ def build(view: SectionView) -> dict:
         "all_skipped": bool(records) and len(skipped) == len(records),
         "skip_reason": skipped[0]["error"] if skipped else None,
         "device_type": _device_type(records),
-        "matmuls": matmuls, "matmul_n": MATMUL_N,
+        "matmuls": matmuls,
         "matmul_provenance": view.provenance([m["record"] for m in matmuls])["line"] if matmuls else None,
         "tables": tables(view, grid),
         "failed": [r for r in grid if r["status"] in ("oom", "error")],

@@ -330,7 +330,7 @@ def build(view: SectionView) -> dict:
     # Formulas (no records needed): matmul launches per forward pass and the FLOP ratio of (e).
     ref_ctx = 512 if 512 in contexts else max(contexts)
     flop_sizes = list(dict.fromkeys([*sizes, *ed.study_models, *(r["config"]["size"] for r in ok)]))
-    flops = [{"size": s, "ctx": ref_ctx, "cfg": models[s], **attention_flops(models[s], ed.batch_size, ref_ctx),
+    flops = [{"size": s, "ctx": ref_ctx, **attention_flops(models[s], ed.batch_size, ref_ctx),
               "matmul_calls": sum(m.occurrences for m in acc.forward_matmuls(models[s], ed.batch_size, ref_ctx))}
              for s in flop_sizes if s in models]
 
@@ -368,7 +368,6 @@ def build(view: SectionView) -> dict:
         cfg = models.get(size)
         kernel_rows.append({
             "size": size, "ctx": ctx, "dtype": dtype, "forward": fwd, "forward_backward": fb, "step": step,
-            "train_mode": train_rec["config"]["mode"] if train_rec else None,
             "same_top": (fwd["top"]["full_name"] == fb["top"]["full_name"]) if fwd and fb else None,
             "new_in_train": new_in_train, "change": change,
             "matmul_calls": sum(m.occurrences for m in acc.forward_matmuls(cfg, ed.batch_size, ctx)) if cfg else None,
@@ -412,7 +411,6 @@ def build(view: SectionView) -> dict:
                   "handout_contexts": handout.contexts if handout else None},
         "commands": {
             "run_gpu": f"lmreport run nsys --profile handout-{ed.year}",
-            "run_here": view.run_command(),
             "profile": " ".join(profile_command("nsys", "CELL_DIR/profile", [
                 "python", "-m", "lmreport.experiments.nsys_worker", "CELL_CONFIG_JSON", "RESULT_JSON"])),
             "stats": " ".join(stats_command("nsys", "profile.nsys-rep", report_names, "stats")),
