@@ -76,6 +76,17 @@ class SectionView:
         fname = f"{self.section.name}-{name}"
         return self.figures_dir / fname, f"{self.figures_rel}/{fname}"
 
+    def save_figure(self, fig, name: str) -> str:
+        """Save a matplotlib figure as this section's `name`.png; returns the path to write in Markdown.
+
+        ".png" is appended, not substituted, so a name with a dot ("2.7B") keeps all of itself.
+        matplotlib is imported here, when a figure is saved, not when the section registry loads.
+        """
+        from lmreport.report import plots
+        path, rel = self.figure_path(name)
+        plots.save(fig, path.with_name(path.name + ".png"))
+        return rel + ".png"
+
     def require_records(self) -> None:
         if not self.records:
             raise MissingRecords(f"no records for this section in runs/{self.run}/{self.section.name}/")

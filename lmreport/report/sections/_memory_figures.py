@@ -1,11 +1,10 @@
 """Figures of the memory section: timelines (estimated by category, measured from snapshots)
-and peaks against context length. Pure drawing from record metrics; no torch."""
+and peaks against context length. Pure drawing from record metrics (the section saves them);
+no torch."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lmreport.report.plots import new_figure, save
+from lmreport.report.plots import new_figure
 
 GIB = 1024**3
 CATEGORIES = ("parameters", "optimizer_state", "gradients", "activations", "temporaries")  # stacking order
@@ -21,7 +20,7 @@ def _shade_phases(ax, spans, x_of=lambda v: v) -> None:
         ax.text((a + b) / 2, 0.98, p["name"], transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6)
 
 
-def estimated_timelines(cells: dict[int, dict[str, dict]], title: str, path: Path) -> Path:
+def estimated_timelines(cells: dict[int, dict[str, dict]], title: str):
     """cells[ctx][dtype] = estimated metrics; one row per context, fp32 and bf16 side by side."""
     ctxs = sorted(cells)
     dtypes = ("fp32", "bf16")
@@ -47,15 +46,15 @@ def estimated_timelines(cells: dict[int, dict[str, dict]], title: str, path: Pat
                 ax.set_xlabel("allocation/free events of the step")
     axes[0][0].legend(loc="lower right", fontsize=6, ncol=2)
     fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return fig
 
 
-def measured_timeline(m: dict, title: str, path: Path) -> Path:
+def measured_timeline(m: dict, title: str):
     """One snapshot's active and reserved memory over time, phases shaded, peak marked."""
     fig, ax = new_figure(figsize=(7.0, 2.6))
     _draw_measured(ax, m)
     ax.set_title(title, fontsize=8)
-    return save(fig, path)
+    return fig
 
 
 def _draw_measured(ax, m: dict) -> None:
@@ -76,7 +75,7 @@ def _draw_measured(ax, m: dict) -> None:
     ax.legend(loc="lower right", fontsize=6)
 
 
-def measured_timelines(cells: dict[int, dict[str, dict]], title: str, path: Path) -> Path:
+def measured_timelines(cells: dict[int, dict[str, dict]], title: str):
     ctxs = sorted(cells)
     fig, axes = new_figure(nrows=len(ctxs), ncols=2, figsize=(7.0, 1.9 * len(ctxs) + 0.6), squeeze=False)
     for r, ctx in enumerate(ctxs):
@@ -91,10 +90,10 @@ def measured_timelines(cells: dict[int, dict[str, dict]], title: str, path: Path
             _draw_measured(ax, m)
             ax.set_title(f"context {ctx}, {dtype}: peak {m['peak_active_bytes'] / GIB:,.2f} GiB", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    return save(fig, path)
+    return fig
 
 
-def peaks_by_context(series: list[dict], path: Path) -> Path:
+def peaks_by_context(series: list[dict]):
     """series: {"label", "ctx": [...], "peak_bytes": [...], "measured": bool}."""
     fig, ax = new_figure(figsize=(6.0, 3.2))
     for s in series:
@@ -107,4 +106,4 @@ def peaks_by_context(series: list[dict], path: Path) -> Path:
     ax.set_xlabel("context length")
     ax.set_ylabel("peak memory (GiB)")
     ax.legend(fontsize=6, ncol=2)
-    return save(fig, path)
+    return fig

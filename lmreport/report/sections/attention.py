@@ -14,7 +14,6 @@ import statistics
 import sympy as sp
 
 from lmreport import accounting as acc
-from lmreport.report import plots
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.sections import Section
@@ -230,6 +229,7 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict], device: s
     out = {"time": None, "memory": None}
     if not measured and not estimated:
         return out
+    from lmreport.report import plots
     ds = sorted({r["d"] for r in measured + estimated})
     colors = {d: f"C{i}" for i, d in enumerate(ds)}
     styles = {"eager": "-", "compiled": "--", "sdpa": ":"}
@@ -250,8 +250,7 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict], device: s
         _legend(axes[1], ds, colors, [{"ls": styles[v], "marker": markers[v], "ms": 3} for v in VARIANTS],
                 [VARIANT_LABELS[v] for v in VARIANTS])
         fig.suptitle(f"Attention time, batch {measured[0]['batch']} ({device})", fontsize=8)
-        path, out["time"] = view.figure_path("time.png")
-        plots.save(fig, path)
+        out["time"] = view.save_figure(fig, "time")
     fig, ax = plots.new_figure(figsize=(6.4, 3.6))
     for d in ds:
         for v in ("eager", "sdpa"):
@@ -276,8 +275,7 @@ def _plots(view: SectionView, rows: list[dict], estimated: list[dict], device: s
     _legend(ax, ds, colors, [{"ls": "none", "marker": "o"}, {"ls": "none", "marker": "^"}, {"ls": "none", "marker": "x"},
                              {"ls": "-"}, {"ls": ":"}],
             ["eager, measured", "fused SDPA, measured", "eager, meta device", "eager formula", "fused formula"])
-    path, out["memory"] = view.figure_path("memory.png")
-    plots.save(fig, path)
+    out["memory"] = view.save_figure(fig, "memory")
     return out
 
 

@@ -13,7 +13,6 @@ import statistics
 from lmreport import accounting as acc
 from lmreport import peaks
 from lmreport.experiments.bench import COMPILE_MODES, MODE_PHASES, PHASE_METRICS, cell_name, matmul_cell_name
-from lmreport.report import plots
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.sections import Section
@@ -173,6 +172,7 @@ def bf16_speedup_figure(view: SectionView, comparison: dict) -> str | None:
     ok = [p for p in comparison["pairs"] if p["ok"]]
     if not ok:
         return None
+    from lmreport.report import plots
     modes = list(dict.fromkeys(p["mode"] for p in ok))
     sizes = [s for s in size_order(view, comparison["records"]) if any(p["size"] == s for p in ok)]
     fig, axes = plots.new_figure(ncols=len(modes), sharey=True, squeeze=False,
@@ -188,9 +188,7 @@ def bf16_speedup_figure(view: SectionView, comparison: dict) -> str | None:
         ax.set_xlabel("model size")
     axes[0][0].set_ylabel("fp32 time / bf16 time")
     _legend(axes[0])
-    path, rel = view.figure_path("bf16-speedup")
-    plots.save(fig, path)
-    return rel + ".png"
+    return view.save_figure(fig, "bf16-speedup")
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -208,6 +206,7 @@ def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
     ok = [r for r in rows if r["ok"]]
     if not ok:
         return None
+    from lmreport.report import plots
     modes = list(dict.fromkeys(r["mode"] for r in ok))
     fig, axes = plots.new_figure(ncols=len(modes), squeeze=False, figsize=(3.2 * len(modes), 3.0))
     styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
@@ -225,9 +224,7 @@ def time_vs_context_figure(view: SectionView, rows: list[dict]) -> str | None:
         ax.set_xlabel("context length")
     axes[0][0].set_ylabel("step time (ms)")
     _legend(axes[0], ncols=2)
-    path, rel = view.figure_path("time-vs-context")
-    plots.save(fig, path)
-    return rel + ".png"
+    return view.save_figure(fig, "time-vs-context")
 
 
 def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
@@ -235,6 +232,7 @@ def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
     measured = [g for g in groups if any(e["ok"] for e in g["by_warmup"])]
     if not measured:
         return None
+    from lmreport.report import plots
     size = measured[-1]["size"]
     mine = [g for g in groups if g["size"] == size]
     fig, axes = plots.new_figure(ncols=len(mine), squeeze=False, figsize=(3.2 * len(mine), 3.0))
@@ -248,9 +246,7 @@ def ablation_figure(view: SectionView, groups: list[dict]) -> str | None:
         ax.set_xlabel("measured step")
     axes[0][0].set_ylabel("step time (ms)")
     _legend(axes[0])
-    path, rel = view.figure_path("warmup-ablation")
-    plots.save(fig, path)
-    return rel + ".png"
+    return view.save_figure(fig, "warmup-ablation")
 
 
 # --- answers ----------------------------------------------------------------------------------

@@ -304,16 +304,14 @@ def _figures(view, size, ed_contexts) -> dict:
     for mode in MODES:
         cells = _estimated_metrics(view, size, mode)
         if cells:
-            f, md = view.figure_path(f"estimated-{mode}")
-            figs.estimated_timelines(cells, f"{size}, {'forward (inference)' if mode == 'forward' else 'training step'}:"
-                                     " estimated memory by category", f)
-            out["estimated"][mode] = md + ".png"
+            what = "forward (inference)" if mode == "forward" else "training step"
+            fig = figs.estimated_timelines(cells, f"{size}, {what}: estimated memory by category")
+            out["estimated"][mode] = view.save_figure(fig, f"estimated-{mode}")
         mcells = _measured_metrics(view, size, mode)
         if mcells:
-            f, md = view.figure_path(f"measured-{mode}")
-            figs.measured_timelines(mcells, f"{size}, {'forward' if mode == 'forward' else 'training step'}: "
-                                    "measured active memory (CUDA snapshots)", f)
-            out["measured"][mode] = md + ".png"
+            what = "forward" if mode == "forward" else "training step"
+            fig = figs.measured_timelines(mcells, f"{size}, {what}: measured active memory (CUDA snapshots)")
+            out["measured"][mode] = view.save_figure(fig, f"measured-{mode}")
     series = []
     chosen = list(_measured_by_key(view, size).values())
     for source in ("estimated", "measured"):
@@ -328,17 +326,15 @@ def _figures(view, size, ed_contexts) -> dict:
                     series.append({"label": f"{source} {mode} {dtype}", "ctx": [p[0] for p in pts],
                                    "peak_bytes": [p[1] for p in pts], "measured": source == "measured"})
     if series:
-        f, md = view.figure_path("peaks")
-        figs.peaks_by_context(series, f)
-        out["peaks"] = md + ".png"
+        out["peaks"] = view.save_figure(figs.peaks_by_context(series), "peaks")
     shown = _in_grid(view, size, ed_contexts)
     for r in _records(view, "measured"):
         k = r["config"]
         if r["status"] == "ok" and (_variant(k) or r["cell"] not in shown):
-            # no dots in the name: plots.save sets the suffix, and "2.7B" would lose everything after the dot
-            f, md = view.figure_path("snapshot-" + r["cell"].replace(".", "_"))
-            figs.measured_timeline(r["metrics"], f"{r['cell']}: measured active memory", f)
-            out["snapshots"].append({"cell": r["cell"], "path": md + ".png"})
+            fig = figs.measured_timeline(r["metrics"], f"{r['cell']}: measured active memory")
+            # file names without dots ("2.7B" -> "2_7B"), as plain to any Markdown or Typst reader as the others
+            path = view.save_figure(fig, "snapshot-" + r["cell"].replace(".", "_"))
+            out["snapshots"].append({"cell": r["cell"], "path": path})
     return out
 
 

@@ -305,9 +305,7 @@ def _plot(view: SectionView, rows: list[dict]) -> str | None:
     ax.set_ylabel("share of GPU kernel time (%)")
     ax.set_title("Kernel time by class (forward pass or training step; ms per pass on top)", fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    path, md = view.figure_path("kernel-classes")
-    plots.save(fig, path)
-    return md + ".png"
+    return view.save_figure(fig, "kernel-classes")
 
 
 def build(view: SectionView) -> dict:
