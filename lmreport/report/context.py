@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from lmreport.presets import Edition, Profile
 from lmreport.sections import Section
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class MissingRecords(Exception):
@@ -39,6 +41,7 @@ class SectionView:
 
     def frame(self) -> pd.DataFrame:
         """One row per record: cell, status, error, device, host, config.*, metrics.* (flattened)."""
+        import pandas as pd  # here, not at import: every CLI start loads this module through the section registry
         if not self.records:
             return pd.DataFrame()
         rows = [{"cell": r["cell"], "status": r["status"], "error": r.get("error"),
