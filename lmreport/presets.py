@@ -206,3 +206,15 @@ def resolve(profile_name: str | None, year: int | str | None, cuda_available: bo
             raise ValueError(f"profile {prof.name} is the {prof.edition} edition; drop --edition {year} or pick handout-{year}")
         return prof, edition(prof.edition)
     return prof, edition(year or DEFAULT_EDITION)
+
+
+def model_table(ed: Edition, prof: Profile | None = None) -> dict[str, ModelConfig]:
+    """Every size a cell or a record may name: the edition's table, the profile's own sizes, and the
+    CPU sizes (the memory section's estimator check runs those whatever the profile)."""
+    return {**ed.study_models, **(prof.extra_models if prof else {}), **CPU_MODELS}
+
+
+def model_of(config: dict) -> ModelConfig:
+    """The model of a cell's config (its edition, profile and size)."""
+    prof = profile(config["profile"]) if config.get("profile") else None
+    return model_table(edition(config["edition"]), prof)[config["size"]]

@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 def main(args) -> int:
     ed = presets.edition(args.edition)
-    table = {**ed.study_models, **presets.CPU_MODELS}
+    table = presets.model_table(ed)
     if args.size not in table:
         raise UserError(f"unknown size {args.size!r} for the {ed.year} edition: choose one of {', '.join(table)}")
     batch = args.batch if args.batch is not None else ed.batch_size

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from lmreport import accounting as acc
 from lmreport import peaks
-from lmreport.presets import edition as get_edition
-from lmreport.presets import profile as get_profile
+from lmreport.presets import model_of
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
 SECTION = "bench"
@@ -146,12 +145,6 @@ def peak_for(device: str, dtype: str, artifacts_dir: Path) -> tuple[float | None
                          f"({name}, {rec.get('started_at')})")
 
 
-def _model_config(config: dict):
-    prof, ed = get_profile(config["profile"]), get_edition(config["edition"])
-    table = {**ed.study_models, **prof.extra_models}
-    return table[config["size"]]
-
-
 def run_step(config: dict, artifacts_dir: Path) -> dict:
     global _cells_run_in_this_process
     import time
@@ -163,7 +156,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
     from lmreport.workloads import PHASES, make_workload
 
     device, mode, dtype = config["device"], config["mode"], config["dtype"]
-    model_cfg = _model_config(config)
+    model_cfg = model_of(config)
     batch, ctx = config["batch"], config["ctx"]
     fresh = _cells_run_in_this_process == 0
     _cells_run_in_this_process += 1

@@ -25,7 +25,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from lmreport.presets import CPU_MODELS
+from lmreport.presets import model_of
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
 SECTION = "memory"
@@ -79,9 +79,7 @@ def cells(plan: Plan) -> list[Cell]:
 
 
 def model_config(c: Cell):
-    from lmreport.presets import edition
-    table = {**edition(c.config["edition"]).study_models, **CPU_MODELS}
-    return table[c.config["size"]]
+    return model_of(c.config)
 
 
 def run_cell(c: Cell, artifacts_dir: Path) -> dict:

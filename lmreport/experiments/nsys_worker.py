@@ -18,12 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def model_config(config: dict):
-    from lmreport.presets import CPU_MODELS, edition, profile
-    ed, prof = edition(config["edition"]), profile(config["profile"])
-    table = {**CPU_MODELS, **ed.study_models, **prof.extra_models}
-    return table[config["size"]]
+from lmreport.presets import model_of as model_config  # pure data, no torch: the worker imports torch in run()
 
 
 def run(config: dict) -> dict:

@@ -18,6 +18,7 @@ from lmreport.errors import InputFileError, UserError
 from lmreport.ingest.nsys_summary import KERNEL_REPORTS, pick_tables, range_name, summarise
 from lmreport.ingest.nsys_tables import REPORTS, Table, parse_file
 from lmreport.kernels import parse_kernel_name
+from lmreport.presets import model_table
 
 INSPECT_KIND = "nsys"
 INGEST_SECTION = "nsys"
@@ -107,11 +108,6 @@ def cell_name(size: str, ctx: int, mode: str, dtype: str) -> str:
     return f"{size}-ctx{ctx}-{mode}-{dtype}"
 
 
-def _known_sizes(plan) -> list[str]:
-    from lmreport.presets import CPU_MODELS
-    return list(dict.fromkeys([*plan.edition.study_models, *plan.profile.models(plan.edition), *CPU_MODELS]))
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -142,7 +138,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     from lmreport.device import git_info
     from lmreport.runner import cell, set_aside_unreadable
 
-    sizes = _known_sizes(plan)
+    sizes = list(model_table(plan.edition, plan.profile))
     if args.size not in sizes:
         raise UserError(f"unknown size {args.size!r} for the {plan.edition.year} edition: choose one of {', '.join(sizes)}")
     if args.ctx <= 0 or (args.steps is not None and args.steps <= 0) or (args.run is not None and args.run <= 0):

@@ -209,8 +209,8 @@ def add_ingest_arguments(p) -> None:
 
 def _check_ingest_arguments(args, plan) -> int:
     """The batch size; UserError naming the flag for values that cannot describe a memory cell."""
-    from lmreport.presets import CPU_MODELS
-    sizes = list(dict.fromkeys([*plan.edition.study_models, *plan.profile.models(plan.edition), *CPU_MODELS]))
+    from lmreport.presets import model_table
+    sizes = list(model_table(plan.edition, plan.profile))
     if args.size not in sizes:
         raise UserError(f"--size {args.size!r} is not a model of the {plan.edition.year} edition: choose one of "
                         f"{', '.join(sizes)} (--edition selects the other table)")

@@ -19,6 +19,7 @@ from lmreport import accounting as acc
 from lmreport.ingest.nsys import cell_name
 from lmreport.ingest.nsys_summary import class_ns
 from lmreport.kernels import CLASSES
+from lmreport.presets import model_table
 from lmreport.report.context import SectionView
 from lmreport.sections import Section
 
@@ -175,12 +176,6 @@ def attention_times(r: dict) -> dict | None:
 # --- the section ----------------------------------------------------------------------------
 
 
-def _models(view: SectionView) -> dict:
-    from lmreport.presets import CPU_MODELS
-    ed, prof = view.edition, view.profile
-    return {**CPU_MODELS, **ed.study_models, **prof.models(ed)}
-
-
 def _order(view: SectionView):
     sizes = list(dict.fromkeys([*view.profile.models(view.edition), *view.edition.study_models]))
     modes = {"forward": 0, "forward_backward": 1, "train": 2}
@@ -313,7 +308,7 @@ def build(view: SectionView) -> dict:
     from lmreport.runner import Plan
 
     ed, prof = view.edition, view.profile
-    models = _models(view)
+    models = model_table(view.edition, view.profile)
     order = _order(view)
     foreign = [r for r in view.records if not in_contract(r)]
     for r in foreign:
