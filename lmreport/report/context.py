@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmreport.presets import Edition, Profile
+from lmreport.presets import Edition, Profile, default_profile_name, profile
 from lmreport.sections import Section
 
 if TYPE_CHECKING:
@@ -69,9 +69,19 @@ class SectionView:
                 f"{', '.join(hosts)} · profile {self.profile.name}") if recs else f"Formulas only · profile {self.profile.name}"
         return {"devices": devices, "hosts": hosts, "profile": self.profile.name, "mixed": mixed, "line": line}
 
-    def run_command(self) -> str:
-        ed = "" if self.profile.edition else f" --edition {self.edition.year}"
-        return f"lmreport run {self.section.name} --profile {self.profile.name}{ed}"
+    def plan_flags(self, prof: Profile | None = None) -> str:
+        """" --profile P [--edition E]": the flags that select this plan (or the edition under another profile)."""
+        prof = prof or self.profile
+        return f" --profile {prof.name}" + ("" if prof.edition else f" --edition {self.edition.year}")
+
+    def run_command(self, section: str | None = None, prof: Profile | None = None) -> str:
+        """`lmreport run SECTION ...` for this plan; by default this section and this view's profile."""
+        return f"lmreport run {section or self.section.name}{self.plan_flags(prof)}"
+
+    @property
+    def gpu_profile(self) -> Profile:
+        """The profile a CUDA machine runs by default for this edition (its handout sizes)."""
+        return profile(default_profile_name(True, self.edition.year))
 
     def figure_path(self, name: str) -> tuple[Path, str]:
         """(file to save, path to write in Markdown) for a figure of this section."""

@@ -370,5 +370,5 @@ def build(view: SectionView) -> dict:
                        "estimated": view.provenance(estimated_records)["line"],
                        "formula": view.provenance([])["line"]},
         "run_command": view.run_command(),
-        "gpu_command": f"lmreport run attention --profile handout-{view.edition.year}",
+        "gpu_command": view.run_command(prof=view.gpu_profile),
     }

@@ -411,7 +411,6 @@ def build(view: SectionView) -> dict:
         for f in [_est_variant(view, size, r["ctx"], "forward", r["dtype"], "with_grad")] if f]
     residual = [{"ctx": t, "bytes": acc.residual_activation_bytes(ed.residual_batch, t, cfg.d_model),
                  "batch": ed.residual_batch} for t in ed.residual_contexts]
-    gpu_profile = f"handout-{ed.year}"
     mixed = _mixed_precision(rows, contexts)
     for m in mixed:
         m["direction"] = _direction(m)
@@ -448,7 +447,7 @@ def build(view: SectionView) -> dict:
         "residual": residual,
         "formula_latex": acc.latex(acc.memory_exprs(swiglu)["total"]),
         "run_command": view.run_command(),
-        "gpu_command": f"lmreport run memory --profile {gpu_profile}",
+        "gpu_command": view.run_command(prof=view.gpu_profile),
         "ingest_command": f"lmreport ingest memory FILE --size {size} --ctx N --mode forward|train --dtype fp32|bf16",
     }
 

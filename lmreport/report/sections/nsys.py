@@ -395,7 +395,7 @@ def build(view: SectionView) -> dict:
 
     example = {**INGEST_EXAMPLE, "size": INGEST_EXAMPLE["size"] if INGEST_EXAMPLE["size"] in ed.study_models
                else next(iter(ed.study_models))}
-    plan_flags = view.run_command().split(f"lmreport run {SECTION.name}", 1)[1]  # " --profile P [--edition E]"
+    plan_flags = view.plan_flags()
     report_names = [names[0] for names in WANTED_REPORTS.values()]
     return {
         "edition": ed, "profile": prof, "has_data": bool(ok),
@@ -403,14 +403,14 @@ def build(view: SectionView) -> dict:
                   "handout_sizes": (handout.sizes or tuple(ed.study_models)) if handout else None,
                   "handout_contexts": handout.contexts if handout else None},
         "commands": {
-            "run_gpu": f"lmreport run nsys --profile handout-{ed.year}",
+            "run_gpu": view.run_command(prof=view.gpu_profile),
             "profile": " ".join(profile_command("nsys", "CELL_DIR/profile", [
                 "python", "-m", "lmreport.experiments.nsys_worker", "CELL_CONFIG_JSON", "RESULT_JSON"])),
             "stats": " ".join(stats_command("nsys", "profile.nsys-rep", report_names, "stats")),
             "ingest": (f"lmreport ingest nsys stats_*.csv --size {example['size']} --ctx {example['ctx']} "
                        f"--mode {example['mode']} --device \"NVIDIA H100 80GB HBM3\"{plan_flags}"),
             "render": f"lmreport render{plan_flags}",
-            "render_gpu": f"lmreport render --profile handout-{ed.year}",
+            "render_gpu": f"lmreport render{view.plan_flags(view.gpu_profile)}",
         },
         "cells": _cells_table(view, records),
         "not_ok": _not_ok(records),

@@ -149,11 +149,6 @@ def _norm(view: SectionView, records: list[dict]) -> dict | None:
             "provenance": view.provenance([r])["line"]}
 
 
-def _command(view: SectionView, section: str) -> str:
-    ed = "" if view.profile.edition else f" --edition {view.edition.year}"
-    return f"lmreport run {section} --profile {view.profile.name}{ed}"
-
-
 def build(view: SectionView) -> dict:
     records = _records.readable(view.records, record_problem)
     bench = bench_report.contract_records(view.records_of("bench"), warn=False)  # bench warns
@@ -167,7 +162,7 @@ def build(view: SectionView) -> dict:
         "bf16_provenance": view.provenance(comparison["records"])["line"] if comparison["records"] else None,
         "mode_titles": bench_report.MODE_TITLES,
         "run_command": view.run_command(),
-        "bench_command": _command(view, "bench"),
+        "bench_command": view.run_command("bench"),
         "has_records": bool(records),
         "edition_year": view.edition.year,
     }
