@@ -9,6 +9,7 @@ shows the formulas and the commands that produce the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -68,19 +69,20 @@ _NEEDS_METRICS = {
 }
 
 
-def _usable(r: dict, source: str) -> bool:
+def _usable(r: dict) -> bool:
     cfg, metrics = r.get("config") or {}, r.get("metrics") or {}
+    source = cfg.get("source")
     missing = [k for k in _NEEDS_CONFIG.get(source, ()) if k not in cfg]
     if r.get("status") == "ok":
         missing += [f"metrics.{k}" for k in _NEEDS_METRICS.get(source, ()) if k not in metrics]
     if missing:
         warnings.warn(f"memory: record {r.get('_path') or r.get('cell')} left out (no {', '.join(missing)})",
-                      stacklevel=3)
+                      stacklevel=2)
     return not missing
 
 
 def _records(view: SectionView, source: str) -> list[dict]:
-    return [r for r in view.records if (r.get("config") or {}).get("source") == source and _usable(r, source)]
+    return [r for r in view.records if (r.get("config") or {}).get("source") == source]
 
 
 def _measured_by_key(view: SectionView, size: str) -> dict[tuple, dict]:
@@ -384,6 +386,8 @@ def _checkpointing(view: SectionView, size: str, cfg) -> dict | None:
 
 
 def build(view: SectionView) -> dict:
+    # Each record is checked once, here (one warning per unusable record); the helpers read the rest.
+    view = dataclasses.replace(view, records=[r for r in view.records if _usable(r)])
     ed = view.edition
     size = ed.memory_model
     cfg = ed.study_models[size]
