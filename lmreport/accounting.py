@@ -226,6 +226,11 @@ def peak_memory_bytes(cfg: ModelConfig, batch: int, ctx: int, swiglu: bool) -> d
     return {k: evaluate(e, cfg, batch, ctx) for k, e in memory_exprs(swiglu).items()}
 
 
+def training_state_bytes(cfg: ModelConfig, bytes_per_value: int = FP32_BYTES) -> int:
+    """A-a without the activations: parameters, gradients and AdamW's m and v (4 values per parameter)."""
+    return 4 * bytes_per_value * parameter_count(cfg)
+
+
 def memory_affine_in_batch(cfg: ModelConfig, ctx: int, swiglu: bool) -> tuple[int, int]:
     """A-b: total bytes = a * batch_size + b."""
     at0 = peak_memory_bytes(cfg, 0, ctx, swiglu)["total"]

@@ -102,7 +102,7 @@ def test_quadratic_term_of_saved_memory_is_softmax():
 
 def test_memory_algebra():
     a, b = acc.memory_affine_in_batch(XL25, 1024, swiglu=False)
-    assert b == 16 * acc.parameter_count(XL25)
+    assert b == 16 * acc.parameter_count(XL25) == acc.training_state_bytes(XL25)  # the batch-free part of A-a
     parts = acc.peak_memory_bytes(XL25, 3, 1024, swiglu=False)
     assert parts["total"] == a * 3 + b
     assert parts["total"] == sum(v for k, v in parts.items() if k != "total")

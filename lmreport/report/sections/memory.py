@@ -340,8 +340,10 @@ def _figures(view, size, ed_contexts) -> dict:
     return out
 
 
-def _checkpointing(view: SectionView, size: str, cfg) -> dict | None:
-    """2026 (f): what one block saves, its gradients, and single-level activation checkpointing."""
+def _checkpointing(view: SectionView, size: str, cfg, base: int) -> dict | None:
+    """2026 (f): what one block saves, its gradients, and single-level activation checkpointing.
+
+    base: the bytes every step holds whatever the checkpointing (fp32 weights, gradients, m, v)."""
     import math
     blocks = sorted((r for r in _records(view, "block") if r["status"] == "ok" and r["config"]["size"] == size),
                     key=lambda r: r["config"]["ctx"])
@@ -366,7 +368,6 @@ def _checkpointing(view: SectionView, size: str, cfg) -> dict | None:
     ctx = ck[0]["config"]["ctx"]
     out["ctx"] = ctx
     ref = next((b for b in block_rows if b["ctx"] == ctx), None)
-    base = 16 * acc.parameter_count(cfg)  # fp32 weights, gradients, m, v
     if ref:
         out["predicted_k"] = math.sqrt(cfg.num_layers * ref["input"] / ref["saved"])
         out["base"] = base
@@ -422,7 +423,7 @@ def build(view: SectionView) -> dict:
                             for way in ("lower", "same", "higher")} for mode in MODES}
     # M-c "whether it matters": how much of each fp32 training peak is what autocast leaves in fp32
     # (weights, gradients, AdamW's m and v: 16 bytes per parameter)
-    state_bytes = 16 * acc.parameter_count(cfg)
+    state_bytes = acc.training_state_bytes(cfg)
     state_share = [{"ctx": r["ctx"], "share": state_bytes / r["est"]["peak"]} for r in rows
                    if r["mode"] == "train" and r["dtype"] == "fp32" and not r["variant"] and r["est"]]
     sizes = {"ffn_weight": 4 * cfg.d_model * cfg.d_ff, "embedding": 4 * cfg.vocab_size * cfg.d_model,
@@ -447,7 +448,7 @@ def build(view: SectionView) -> dict:
         "viewers": _viewers(view),
         "checks": _cpu_checks(view),
         "figures": _figures(view, size, contexts),
-        "ckpt": _checkpointing(view, size, cfg), "ckpt_edition": ed.year in CHECKPOINT_EDITIONS,
+        "ckpt": _checkpointing(view, size, cfg, state_bytes), "ckpt_edition": ed.year in CHECKPOINT_EDITIONS,
         "residual": residual,
         "formula_latex": acc.latex(acc.memory_exprs(swiglu)["total"]),
         "run_command": view.run_command(),
