@@ -8,13 +8,13 @@ turns the reports of one profile made elsewhere into an nsys record (the same me
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import socket
 from pathlib import Path
 
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
+from lmreport.ingest import file_sha256
 from lmreport.ingest.nsys_summary import KERNEL_REPORTS, pick_tables, range_name, summarise
 from lmreport.ingest.nsys_tables import REPORTS, Table, parse_file
 from lmreport.kernels import parse_kernel_name
@@ -108,10 +108,6 @@ def cell_name(size: str, ctx: int, mode: str, dtype: str) -> str:
     return f"{size}-ctx{ctx}-{mode}-{dtype}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _refuse_overwrite(record_file: Path, sources: set[Path], replace: bool) -> None:
     """An ok or out-of-memory record of the cell (profiled here, or ingested from other files) is kept
     unless --replace; skipped and error records are placeholders; the same files again change nothing."""
@@ -126,7 +122,7 @@ def _refuse_overwrite(record_file: Path, sources: set[Path], replace: bool) -> N
     folder = store.artifacts_dir(record_file)
     kept = {folder / name for report, name in (old.get("artifacts") or {}).items()
             if report in REPORTS and isinstance(name, str) and (folder / name).is_file()}
-    if kept and {_sha256(f) for f in kept} == {_sha256(f) for f in sources}:
+    if kept and {file_sha256(f) for f in kept} == {file_sha256(f) for f in sources}:
         return
     what = ("a profile made by `lmreport run nsys`" if old["metrics"].get("source") == "profiled" else
             f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"

@@ -11,13 +11,13 @@ loaded safely (it re-pickles that plain dict into the HTML; it needs no CUDA).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmreport import safe_pickle
 from lmreport.errors import InputFileError, UserError
+from lmreport.ingest import file_sha256
 from lmreport.ingest.snapshot_format import Snapshot, normalize
 from lmreport.ingest.snapshot_replay import DeviceReplay, Phase, replay_device
 
@@ -178,14 +178,6 @@ def record_metrics(s: SnapshotSummary) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cell_name(size: str, ctx: int, mode: str, dtype: str, first_step: bool = False, with_grad: bool = False) -> str:
     suffix = ("-first" if first_step and mode == "train" else "") + ("-grad" if with_grad and mode == "forward" else "")
     return f"measured-{size}-ctx{ctx}-{mode}-{dtype}{suffix}"
@@ -262,7 +254,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         raw = safe_pickle.load(path)
         snap = normalize(raw, path)
         metrics = record_metrics(summarize(path, snapshot=snap))
-        metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         record_file = store.record_path(args.runs_dir, plan.run, INGEST_SECTION, cell)
         _refuse_overwrite(record_file, metrics["source_file"]["sha256"], getattr(args, "replace", False))
         prepared.append((path, cell, raw, snap, metrics, record_file))
