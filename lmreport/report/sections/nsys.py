@@ -13,14 +13,13 @@ launched by PyTorch's autograd thread, outside the main thread's NVTX ranges.
 
 from __future__ import annotations
 
-import warnings
-
 from lmreport import accounting as acc
-from lmreport.ingest.nsys import cell_name
+from lmreport.experiments.bench import cell_name as bench_cell_name
 from lmreport.ingest.nsys_summary import class_ns
 from lmreport.kernels import CLASSES
 from lmreport.presets import model_table
 from lmreport.report.context import SectionView
+from lmreport.report.sections import _records
 from lmreport.sections import Section
 
 SECTION = Section(
@@ -52,6 +51,13 @@ def in_contract(r: dict) -> bool:
     return (_kernel_list(m.get("kernels") or []) and isinstance(ranges, dict)
             and all(isinstance(v, dict) for v in ranges.values()) and isinstance(by_range, dict)
             and all(isinstance(v, dict) and _kernel_list(v.get("kernels")) for v in by_range.values()))
+
+
+def record_problem(r: dict) -> str | None:
+    """Why an nsys record cannot be shown (None when it can), for _records.readable."""
+    return None if in_contract(r) else (
+        "not an nsys record this section can read (config needs size, an integer ctx and mode; metrics the kernel "
+        "and range tables `lmreport ingest nsys` writes)")
 
 
 # --- one record -----------------------------------------------------------------------------
@@ -196,11 +202,10 @@ def attention_flops(cfg, batch: int, ctx: int) -> dict:
             "ratio": scores / softmax}
 
 
-def _bench_match(view: SectionView, r: dict) -> dict | None:
-    """The bench record of the same size, context, mode and precision (eager, default warm-up)."""
+def _bench_match(view: SectionView, bench: list[dict], r: dict) -> dict | None:
+    """The ok bench record of the same size, context, mode and precision (eager, default warm-up)."""
     c = r["config"]
-    bench = [b for b in view.records_of("bench") if b["status"] == "ok"]
-    name = cell_name(c["size"], c["ctx"], c["mode"], c.get("dtype", "fp32"))
+    name = bench_cell_name(c["size"], c["ctx"], c["mode"], c.get("dtype", "fp32"))
     for b in bench:
         if b["cell"] == name:
             return b
@@ -213,7 +218,7 @@ def _bench_match(view: SectionView, r: dict) -> dict | None:
     return None
 
 
-def _forward_time_row(view: SectionView, r: dict) -> dict | None:
+def _forward_time_row(view: SectionView, bench_ok: list[dict], r: dict) -> dict | None:
     c, m = r["config"], r["metrics"]
     fwd = _ranges(r).get("forward")
     kview = view_of(forward_kernels(r))
@@ -221,7 +226,7 @@ def _forward_time_row(view: SectionView, r: dict) -> dict | None:
         return None
     nvtx_ms = (fwd.get("avg_ns") or fwd["total_ns"] / max(fwd["instances"], 1)) / 1e6 if fwd else None
     py = (m.get("python_timing") or {}).get("forward_ms")
-    bench = _bench_match(view, r)
+    bench = _bench_match(view, bench_ok, r)
     bench_fwd = (bench or {}).get("metrics", {}).get("forward_ms")
     kernel_ms = kview["per_pass_ms"] if kview else None
     if nvtx_ms is None and kernel_ms is None:
@@ -310,12 +315,7 @@ def build(view: SectionView) -> dict:
     ed, prof = view.edition, view.profile
     models = model_table(view.edition, view.profile)
     order = _order(view)
-    foreign = [r for r in view.records if not in_contract(r)]
-    for r in foreign:
-        warnings.warn(f"{r.get('_path', r.get('cell'))}: not an nsys record this section can read (config needs "
-                      "size, an integer ctx and mode; metrics the kernel and range tables `lmreport ingest nsys` "
-                      "writes); left out of the writeup", stacklevel=2)
-    records = sorted((r for r in view.records if in_contract(r)), key=order)
+    records = sorted(_records.readable(view.records, record_problem), key=order)
     ok = [r for r in records if r["status"] == "ok"]
     sizes, contexts = sweep(Plan(prof, ed))
     handout = HANDOUT_SWEEPS.get(ed.year)
@@ -333,7 +333,8 @@ def build(view: SectionView) -> dict:
     once = [m for m in acc.forward_matmuls(ref_cfg, ed.batch_size, ref_ctx) if m.component == acc.LM_HEAD]
 
     # (a) forward time from NVTX next to the Python timing.
-    forward_rows = [row for r in ok if (row := _forward_time_row(view, r))]
+    bench_ok = [b for b in view.records_of("bench") if b["status"] == "ok"]
+    forward_rows = [row for r in ok if (row := _forward_time_row(view, bench_ok, r))]
     bench_used = [row["bench"] for row in forward_rows if row["bench"]]
 
     # (b), (c), (d) per (size, ctx).
