@@ -101,10 +101,13 @@ def _measured_by_key(view: SectionView, size: str) -> dict[tuple, dict]:
     return out
 
 
-def _grid(view: SectionView, size: str, contexts, batch: int, cfg, swiglu: bool) -> list[dict]:
-    est = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r
-           for r in _records(view, "estimated") if r["status"] == "ok" and r["config"]["size"] == size}
-    meas = _measured_by_key(view, size)
+def _estimated_by_key(view: SectionView, size: str) -> dict[tuple, dict]:
+    """One ok estimated record per (ctx, mode, dtype) of the edition's model."""
+    return {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r
+            for r in _records(view, "estimated") if r["status"] == "ok" and r["config"]["size"] == size}
+
+
+def _grid(est: dict[tuple, dict], meas: dict[tuple, dict], contexts, batch: int, cfg, swiglu: bool) -> list[dict]:
     rows = []
     for ctx in contexts:
         formula = acc.peak_memory_bytes(cfg, batch, ctx, swiglu)
@@ -180,18 +183,17 @@ def _mixed_precision(rows, contexts) -> list[dict]:
     return out
 
 
-def _estimated_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
+def _estimated_metrics(est: dict[tuple, dict], mode: str) -> dict[int, dict[str, dict]]:
     cells: dict[int, dict[str, dict]] = {}
-    for r in _records(view, "estimated"):
-        k = r["config"]
-        if r["status"] == "ok" and k["size"] == size and k["mode"] == mode:
-            cells.setdefault(k["ctx"], {})[k["dtype"]] = r["metrics"]
+    for (ctx, mode_, dtype), r in est.items():
+        if mode_ == mode:
+            cells.setdefault(ctx, {})[dtype] = r["metrics"]
     return cells
 
 
-def _measured_metrics(view, size, mode) -> dict[int, dict[str, dict]]:
+def _measured_metrics(chosen: dict[tuple, dict], mode: str) -> dict[int, dict[str, dict]]:
     cells: dict[int, dict[str, dict]] = {}
-    for (ctx, mode_, dtype, variant), r in _measured_by_key(view, size).items():
+    for (ctx, mode_, dtype, variant), r in chosen.items():
         if r["status"] == "ok" and mode_ == mode and not variant:
             cells.setdefault(ctx, {})[dtype] = r["metrics"]
     return cells
@@ -206,12 +208,11 @@ def _phase_story(m: dict | None) -> dict | None:
             "weight_copies": m.get("weight_copies_bytes", 0)}
 
 
-def _top(view, size, ctxs) -> dict:
+def _top(view, est: dict[tuple, dict], chosen: dict[tuple, dict], ctxs) -> dict:
     """M-e: the largest allocations, measured (snapshot frames) and estimated (model lines / backward nodes)."""
     out = {"measured": None, "estimated": None}
     order = [(ctx, mode, dtype) for ctx in sorted(ctxs, reverse=True) for mode in ("train", "forward")
              for dtype in DTYPES]
-    chosen = _measured_by_key(view, size)
     meas = {key[:3]: r for key, r in chosen.items() if r["status"] == "ok" and not key[3]}
     variants = {key[:3]: r for key, r in sorted(chosen.items(), key=lambda kv: kv[0][3], reverse=True)
                 if r["status"] == "ok" and key[3]}
@@ -224,8 +225,6 @@ def _top(view, size, ctxs) -> dict:
                                "rows": [{**a, "where": _source_label(a["frame"])} for a in r["metrics"]["top_allocations"]],
                                "provenance": view.provenance([r])["line"]}
             break
-    est = {(r["config"]["ctx"], r["config"]["mode"], r["config"]["dtype"]): r for r in _records(view, "estimated")
-           if r["status"] == "ok" and r["config"]["size"] == size}
     for key in order:
         if key in est:
             r = est[key]
@@ -237,15 +236,15 @@ def _top(view, size, ctxs) -> dict:
     return out
 
 
-def _in_grid(view, size, contexts) -> set[str]:
+def _in_grid(chosen: dict[tuple, dict], contexts) -> set[str]:
     """Cells of the measured records the peak table shows (one per configuration and variant)."""
-    return {r["cell"] for key, r in _measured_by_key(view, size).items() if key[0] in contexts}
+    return {r["cell"] for key, r in chosen.items() if key[0] in contexts}
 
 
-def _other_snapshots(view, size, contexts) -> list[dict]:
+def _other_snapshots(view, chosen: dict[tuple, dict], contexts) -> list[dict]:
     """Measured records the grid does not show: other configurations, or further snapshots of one."""
     out = []
-    shown = _in_grid(view, size, contexts)
+    shown = _in_grid(chosen, contexts)
     for r in _records(view, "measured"):
         k = r["config"]
         if r["status"] != "ok" or r["cell"] in shown:
@@ -300,28 +299,26 @@ def _direction(m: dict) -> str:
     return "lower" if m["delta"] < 0 else "higher"
 
 
-def _figures(view, size, ed_contexts) -> dict:
+def _figures(view, size, est: dict[tuple, dict], chosen: dict[tuple, dict], ed_contexts) -> dict:
     from lmreport.report.sections import _memory_figures as figs
     out = {"estimated": dict.fromkeys(MODES), "measured": dict.fromkeys(MODES), "peaks": None, "snapshots": []}
     for mode in MODES:
-        cells = _estimated_metrics(view, size, mode)
+        cells = _estimated_metrics(est, mode)
         if cells:
             what = "forward (inference)" if mode == "forward" else "training step"
             fig = figs.estimated_timelines(cells, f"{size}, {what}: estimated memory by category")
             out["estimated"][mode] = view.save_figure(fig, f"estimated-{mode}")
-        mcells = _measured_metrics(view, size, mode)
+        mcells = _measured_metrics(chosen, mode)
         if mcells:
             what = "forward" if mode == "forward" else "training step"
             fig = figs.measured_timelines(mcells, f"{size}, {what}: measured active memory (CUDA snapshots)")
             out["measured"][mode] = view.save_figure(fig, f"measured-{mode}")
     series = []
-    chosen = list(_measured_by_key(view, size).values())
-    for source in ("estimated", "measured"):
-        pool = _records(view, "estimated") if source == "estimated" else chosen
+    for source, pool in (("estimated", est), ("measured", chosen)):
         for mode in MODES:
             for dtype in DTYPES:
                 pts = sorted((r["config"]["ctx"], r["metrics"]["peak_bytes" if source == "estimated" else "peak_active_bytes"])
-                             for r in pool if r["status"] == "ok" and r["config"].get("size") == size
+                             for r in pool.values() if r["status"] == "ok"
                              and r["config"]["mode"] == mode and r["config"]["dtype"] == dtype
                              and not _variant(r["config"]))
                 if pts:
@@ -329,7 +326,7 @@ def _figures(view, size, ed_contexts) -> dict:
                                    "peak_bytes": [p[1] for p in pts], "measured": source == "measured"})
     if series:
         out["peaks"] = view.save_figure(figs.peaks_by_context(series), "peaks")
-    shown = _in_grid(view, size, ed_contexts)
+    shown = _in_grid(chosen, ed_contexts)
     for r in _records(view, "measured"):
         k = r["config"]
         if r["status"] == "ok" and (_variant(k) or r["cell"] not in shown):
@@ -395,25 +392,26 @@ def build(view: SectionView) -> dict:
     batch = ed.batch_size
     contexts = list(ed.memory_contexts)
     swiglu = ed.swiglu_activations
-    rows = _grid(view, size, contexts, batch, cfg, swiglu)
+    est, chosen = _estimated_by_key(view, size), _measured_by_key(view, size)
+    rows = _grid(est, chosen, contexts, batch, cfg, swiglu)
     est_recs = [r for r in _records(view, "estimated") if r["status"] == "ok"]
     meas_all = _records(view, "measured")
     meas_ok = [r for r in meas_all if r["status"] == "ok"]
     skipped = [r for r in meas_all if r["status"] == "skipped"]
     largest = max(contexts)
-    stories = {mode: {dtype: _phase_story(_estimated_metrics(view, size, mode).get(largest, {}).get(dtype))
-                      for dtype in DTYPES} for mode in MODES}
-    smallest_story = {mode: _phase_story(_estimated_metrics(view, size, mode).get(min(contexts), {}).get("fp32"))
-                      for mode in MODES}
+    est_metrics = {mode: _estimated_metrics(est, mode) for mode in MODES}
+    stories = {mode: {dtype: _phase_story(est_metrics[mode].get(largest, {}).get(dtype)) for dtype in DTYPES}
+               for mode in MODES}
+    smallest_story = {mode: _phase_story(est_metrics[mode].get(min(contexts), {}).get("fp32")) for mode in MODES}
     first_vs_steady = [
         {"ctx": r["ctx"], "dtype": r["dtype"], "steady": r["est"]["peak"], "steady_phase": r["est"]["phase"],
          "first": f["est"]["peak"], "first_phase": f["est"]["phase"]}
         for r in rows if r["mode"] == "train" and r["variant"] == "" and r["est"]
-        for f in [_est_variant(view, size, r["ctx"], "train", r["dtype"], "first_step")] if f]
+        for f in [_est_variant(est, r["ctx"], "train", r["dtype"], "first_step")] if f]
     with_grad = [
         {"ctx": r["ctx"], "dtype": r["dtype"], "inference": r["est"]["peak"], "grad": f["est"]["peak"]}
         for r in rows if r["mode"] == "forward" and r["variant"] == "" and r["est"]
-        for f in [_est_variant(view, size, r["ctx"], "forward", r["dtype"], "with_grad")] if f]
+        for f in [_est_variant(est, r["ctx"], "forward", r["dtype"], "with_grad")] if f]
     residual = [{"ctx": t, "bytes": acc.residual_activation_bytes(ed.residual_batch, t, cfg.d_model),
                  "batch": ed.residual_batch} for t in ed.residual_contexts]
     mixed = _mixed_precision(rows, contexts)
@@ -443,11 +441,11 @@ def build(view: SectionView) -> dict:
         "state_bytes": state_bytes, "state_share": state_share,
         "stories": stories, "smallest_story": smallest_story,
         "first_vs_steady": first_vs_steady, "with_grad": with_grad,
-        "top": _top(view, size, contexts),
-        "others": _other_snapshots(view, size, contexts),
+        "top": _top(view, est, chosen, contexts),
+        "others": _other_snapshots(view, chosen, contexts),
         "viewers": _viewers(view),
         "checks": _cpu_checks(view),
-        "figures": _figures(view, size, contexts),
+        "figures": _figures(view, size, est, chosen, contexts),
         "ckpt": _checkpointing(view, size, cfg, state_bytes), "ckpt_edition": ed.year in CHECKPOINT_EDITIONS,
         "residual": residual,
         "formula_latex": acc.latex(acc.memory_exprs(swiglu)["total"]),
@@ -457,11 +455,9 @@ def build(view: SectionView) -> dict:
     }
 
 
-def _est_variant(view, size, ctx, mode, dtype, variant) -> dict | None:
-    for r in _records(view, "estimated"):
-        k = r["config"]
-        if r["status"] == "ok" and (k["size"], k["ctx"], k["mode"], k["dtype"]) == (size, ctx, mode, dtype):
-            v = (r["metrics"].get("variants") or {}).get(variant)
-            if v:
-                return {"est": {"peak": v["peak_bytes"], "phase": v.get("peak_phase"), "breakdown": v["breakdown"]}}
-    return None
+def _est_variant(est: dict[tuple, dict], ctx, mode, dtype, variant) -> dict | None:
+    r = est.get((ctx, mode, dtype))
+    v = (r["metrics"].get("variants") or {}).get(variant) if r else None
+    if not v:
+        return None
+    return {"est": {"peak": v["peak_bytes"], "phase": v.get("peak_phase"), "breakdown": v["breakdown"]}}
