@@ -1,4 +1,4 @@
-from lmreport.report.filters import gib, mib, num, pct, sci, sig
+from lmreport.report.filters import and_join, gib, mib, num, pct, sci, sig
 
 
 def test_number_filters():
@@ -11,3 +11,9 @@ def test_number_filters():
     assert mib(20 * 1024**2) == "20.00" and gib(1024**3, 1) == "1.0"
     assert sig(0.0123456) == "0.0123" and sig(1234.5) == "1,234"
     assert num(float("nan")) == "–"
+
+
+def test_and_join():
+    assert and_join([0, 1, 2, 5]) == "0, 1, 2 and 5"
+    assert and_join(["forward", "train"]) == "forward and train"
+    assert and_join([5]) == "5" and and_join([]) == ""

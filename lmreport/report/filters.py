@@ -67,4 +67,11 @@ def ms(seconds_or_ms, digits: int = 2) -> str:
     return num(seconds_or_ms, digits)
 
 
-FILTERS = {"num": num, "sci": sci, "sig": sig, "pct": pct, "mib": mib, "gib": gib, "gb": gb, "ms": ms}
+def and_join(items) -> str:
+    """A list in plain English: [0, 1, 2, 5] -> '0, 1, 2 and 5'; [a, b] -> 'a and b'; [a] -> 'a'."""
+    words = [str(x) for x in items]
+    return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
+FILTERS = {"num": num, "sci": sci, "sig": sig, "pct": pct, "mib": mib, "gib": gib, "gb": gb, "ms": ms,
+           "and_join": and_join}
