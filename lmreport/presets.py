@@ -208,6 +208,34 @@ def resolve(profile_name: str | None, year: int | str | None, cuda_available: bo
     return prof, edition(year or DEFAULT_EDITION)
 
 
+# --- what the experiments run, named here so that reports read it without importing torch ---------
+
+# The phases of one step of each workload mode (lmreport/workloads.py runs them; each phase is an
+# NVTX range and a timed phase of timing.time_phases).
+WORKLOAD_PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
+                   "train": ("forward", "backward", "optimizer step")}
+
+
+@dataclass(frozen=True)
+class AttentionGrid:
+    """The (d, T) sweep of the attention study on one kind of device, and how many passes each cell times."""
+
+    batch: int
+    d: tuple[int, ...]
+    seq_len: tuple[int, ...]
+    warmup: int  # untimed forward + backward passes before timing
+    passes: int  # timed forward passes, and as many timed backward passes
+
+
+ATTENTION_VARIANTS = ("eager", "compiled", "sdpa")  # the model's attention, under torch.compile, fused SDPA
+# The handout: batch 8, d in {16, 32, 64, 128}, T in {256, 1024, 4096, 8192, 16384}, 100 passes.
+ATTENTION_HANDOUT_GRID = AttentionGrid(batch=8, d=(16, 32, 64, 128), seq_len=(256, 1024, 4096, 8192, 16384),
+                                       warmup=5, passes=100)
+# A 2-core CPU: the same batch and widths, four shorter lengths, 10 passes; the whole sweep
+# (48 cells, one torch.compile) stays well under two minutes.
+ATTENTION_CPU_GRID = AttentionGrid(batch=8, d=(16, 32, 64, 128), seq_len=(64, 128, 256, 512), warmup=2, passes=10)
+
+
 def model_table(ed: Edition, prof: Profile | None = None) -> dict[str, ModelConfig]:
     """Every size a cell or a record may name: the edition's table, the profile's own sizes, and the
     CPU sizes (the memory section's estimator check runs those whatever the profile)."""

@@ -29,13 +29,12 @@ from torch import nn
 
 from lmreport.model import build_model
 from lmreport.optim import AdamW
+from lmreport.presets import WORKLOAD_PHASES as PHASES
 from lmreport.presets import ModelConfig
 from lmreport.timing import untimed_phase
 
-MODES = ("forward", "forward_backward", "train")
+MODES = tuple(PHASES)  # forward, forward_backward, train; their phases are named in presets.py
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
-          "train": ("forward", "backward", "optimizer step")}
 
 
 @dataclass

@@ -31,7 +31,6 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,30 +41,16 @@ from torch.utils._pytree import tree_iter
 
 from lmreport.device import synchronize
 from lmreport.model import scaled_dot_product_attention
+from lmreport.presets import ATTENTION_CPU_GRID as CPU_GRID
+from lmreport.presets import ATTENTION_HANDOUT_GRID as HANDOUT_GRID
+from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
+from lmreport.presets import AttentionGrid as Grid
 from lmreport.runner import Cell, Plan, cell
 from lmreport.saved_tensors import measure_saved_bytes, saved_by_node
 from lmreport.timing import time_phases, untimed_phase
 
 SECTION = "attention"
-VARIANTS = ("eager", "compiled", "sdpa")
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The (d, T) sweep of one profile and how many passes each cell times."""
-
-    batch: int
-    d: tuple[int, ...]
-    seq_len: tuple[int, ...]
-    warmup: int  # untimed forward + backward passes before timing
-    passes: int  # timed forward passes, and as many timed backward passes
-
-
-# The handout: batch 8, d in {16, 32, 64, 128}, T in {256, 1024, 4096, 8192, 16384}, 100 passes.
-HANDOUT_GRID = Grid(batch=8, d=(16, 32, 64, 128), seq_len=(256, 1024, 4096, 8192, 16384), warmup=5, passes=100)
-# A 2-core CPU: the same batch and widths, four shorter lengths, 10 passes; the whole sweep
-# (48 cells, one torch.compile) stays well under two minutes.
-CPU_GRID = Grid(batch=8, d=(16, 32, 64, 128), seq_len=(64, 128, 256, 512), warmup=2, passes=10)
+# VARIANTS, HANDOUT_GRID and CPU_GRID live in presets.py (the report reads them without torch).
 
 
 def grid_for(plan: Plan) -> Grid:

@@ -30,16 +30,14 @@ from pathlib import Path
 
 from lmreport import accounting as acc
 from lmreport import peaks
+from lmreport.presets import WORKLOAD_PHASES as MODE_PHASES
 from lmreport.presets import model_of
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
 SECTION = "bench"
 COMPILE_MODES = ("forward", "train")  # C-b: forward, and forward + backward + optimizer
 PHASE_METRICS = {"forward": "forward_ms", "backward": "backward_ms", "optimizer step": "optimizer_step_ms"}
-# The phases of each mode: workloads.PHASES, restated so that rendering needs no torch import
-# (tests/test_bench.py checks that the two agree).
-MODE_PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
-               "train": ("forward", "backward", "optimizer step")}
+# MODE_PHASES (the phases of each mode) is workloads.PHASES, from presets.py: the report reads it without torch.
 # Square matmul sizes: big enough to reach the BLAS's steady rate, small enough to take
 # well under a second per product (2 n^3 FLOPs: 17 GFLOP on a CPU, 1.1 TFLOP on a GPU).
 MATMUL_N = {"cpu": 2048, "cuda": 8192}
@@ -153,7 +151,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
 
     from lmreport.device import synchronize
     from lmreport.timing import nvtx_range, time_phases
-    from lmreport.workloads import PHASES, make_workload
+    from lmreport.workloads import make_workload
 
     device, mode, dtype = config["device"], config["mode"], config["dtype"]
     model_cfg = model_of(config)
@@ -183,7 +181,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
     achieved = flops / (step.mean / 1e3) / 1e12
     peak, source = peak_for(device, dtype, artifacts_dir)
     metrics = {"step_ms": step.to_metric()}
-    metrics.update({PHASE_METRICS[p]: stats[p].to_metric() for p in PHASES[mode]})
+    metrics.update({PHASE_METRICS[p]: stats[p].to_metric() for p in MODE_PHASES[mode]})
     metrics.update({
         "first_step_ms": first_ms,
         "tokens_per_s": batch * ctx / (step.mean / 1e3),

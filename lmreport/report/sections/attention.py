@@ -14,6 +14,8 @@ import statistics
 import sympy as sp
 
 from lmreport import accounting as acc
+from lmreport.presets import ATTENTION_HANDOUT_GRID
+from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.sections import Section
@@ -23,11 +25,10 @@ SECTION = Section(
     experiment="lmreport.experiments.attention", report="lmreport.report.sections.attention",
     summary="naive attention timings and memory per (d, T), torch.compile, fused SDPA, memory accounting")
 
-VARIANTS = ("eager", "compiled", "sdpa")
 VARIANT_LABELS = {"eager": "eager (model's attention)", "compiled": "torch.compile", "sdpa": "fused SDPA"}
 TOLERANCE = 0.10  # "measured within 10% of the formula"
-# The handout grid (the experiment module's HANDOUT_GRID, restated so rendering needs no torch).
-HANDOUT_BATCH, HANDOUT_D, HANDOUT_T = 8, (16, 32, 64, 128), (256, 1024, 4096, 8192, 16384)
+_G = ATTENTION_HANDOUT_GRID  # the grid the experiment runs on a GPU (and estimates on meta)
+HANDOUT_BATCH, HANDOUT_D, HANDOUT_T = _G.batch, _G.d, _G.seq_len
 
 
 def _latex(expr: sp.Expr) -> str:
