@@ -152,27 +152,30 @@ def _measured_pair(a, b) -> dict | None:
     return None
 
 
-def _mixed_measured_only(rows, contexts) -> list[dict]:
-    """M-c where both precisions were measured but not estimated (snapshots ingested, no estimate run)."""
-    out = []
+def _precision_pairs(rows, contexts):
+    """(ctx, mode, fp32 row, bf16 row) of the grid, for every context and mode that has both rows."""
     for ctx in contexts:
         for mode in MODES:
             a, b = _canonical(rows, ctx, mode, "fp32"), _canonical(rows, ctx, mode, "bf16")
-            if a and b and not (a["est"] and b["est"]):
-                pair = _measured_pair(a, b)
-                if pair:
-                    out.append({"ctx": ctx, "mode": mode, **pair})
+            if a and b:
+                yield ctx, mode, a, b
+
+
+def _mixed_measured_only(rows, contexts) -> list[dict]:
+    """M-c where both precisions were measured but not estimated (snapshots ingested, no estimate run)."""
+    out = []
+    for ctx, mode, a, b in _precision_pairs(rows, contexts):
+        pair = None if (a["est"] and b["est"]) else _measured_pair(a, b)
+        if pair:
+            out.append({"ctx": ctx, "mode": mode, **pair})
     return out
 
 
 def _mixed_precision(rows, contexts) -> list[dict]:
     """M-c: bf16 against fp32, per context and mode (estimated; measured when both exist)."""
     out = []
-    for ctx in contexts:
-        for mode in MODES:
-            a, b = _canonical(rows, ctx, mode, "fp32"), _canonical(rows, ctx, mode, "bf16")
-            if not (a and b and a["est"] and b["est"]):
-                continue
+    for ctx, mode, a, b in _precision_pairs(rows, contexts):
+        if a["est"] and b["est"]:
             ea, eb = a["est"], b["est"]
             row = {"ctx": ctx, "mode": mode, "fp32": ea["peak"], "bf16": eb["peak"], "delta": eb["peak"] - ea["peak"],
                    "rel": eb["peak"] / ea["peak"] - 1,
