@@ -113,6 +113,10 @@ def test_provenance_names_device_and_flags_mixed_records():
     p = view.provenance()
     assert p["mixed"] and "Mixed devices" in p["line"] and "NVIDIA A100; NVIDIA H100" in p["line"] and "profile cpu" in p["line"]
     assert not view.provenance(recs[:1])["mixed"] and view.provenance([])["line"].startswith("Formulas only")
+    # a record whose device is not known (a worker that died first) makes no table mixed
+    died = {"environment": {"device": None, "host": "a"}}
+    assert view.provenance([recs[0], died])["devices"] == ["NVIDIA A100"] and not view.provenance([recs[0], died])["mixed"]
+    assert view.provenance([died])["line"].startswith("Device: unknown · host a")
 
 
 def test_a_crashing_section_costs_only_its_own_chapter(tmp_path, monkeypatch, capsys):

@@ -57,11 +57,14 @@ class SectionView:
 
         Every table says where its numbers come from; `line` is the sentence to print under a
         table, and `mixed` is True when one table would hold numbers from different devices
-        (records merged from several machines), which the line then flags.
+        (records merged from several machines), which the line then flags. A record whose device
+        is not known (a worker or Slurm job that died before saying which GPU it had: runner,
+        slurm) names no device of its own, so it makes no table "mixed"; "unknown" is said only
+        when no record names one.
         """
         recs = self.records if records is None else records
         env = [r.get("environment") or {} for r in recs]
-        devices = sorted({e.get("device") or "unknown" for e in env})
+        devices = sorted({e["device"] for e in env if e.get("device")}) or (["unknown"] if recs else [])
         hosts = sorted({e.get("host") or "unknown" for e in env})
         mixed = len(devices) > 1
         where = "; ".join(devices) if devices else "no device (formulas only)"

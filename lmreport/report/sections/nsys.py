@@ -416,9 +416,8 @@ def build(view: SectionView) -> dict:
         "cells": _cells_table(view, records),
         "not_ok": _not_ok(records),
         "oom_limits": _longest_fitting(ok, records),
-        # failed cells whose device is unknown (a worker or job that died first) do not make a table "mixed"
-        "provenance": view.provenance([r for r in records if r["status"] == "ok" or (
-            r["status"] != "skipped" and (r.get("environment") or {}).get("device"))])["line"],
+        # cells skipped here were not run by any device of the table
+        "provenance": view.provenance([r for r in records if r["status"] != "skipped"])["line"],
         "forward_rows": forward_rows,
         "forward_provenance": view.provenance([row["record"] for row in forward_rows] + bench_used)["line"],
         "kernel_rows": kernel_rows,
