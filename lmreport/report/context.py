@@ -49,9 +49,6 @@ class SectionView:
                  "config": r["config"], "metrics": r["metrics"]} for r in self.records]
         return pd.json_normalize(rows, sep=".")
 
-    def devices(self) -> list[str]:
-        return sorted({r.get("environment", {}).get("device") or "unknown" for r in self.records})
-
     def provenance(self, records: list[dict] | None = None) -> dict:
         """Which device(s), host(s) and profile produced these records (default: the section's).
 

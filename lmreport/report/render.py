@@ -75,8 +75,9 @@ def build_sections(records: list[dict], edition: Edition, profile: Profile, figu
             template, status = "sections/_missing.md.j2", "missing"
         except Exception as e:  # noqa: BLE001 - one broken section must not cost the user the others
             ctx, template, status = _failure(s.name, "building", e), "sections/_failed.md.j2", "failed"
+        where = view.provenance()
         out.append({"name": s.name, "title": s.title, "template": template, "status": status,
-                    "devices": view.devices(), "hosts": view.provenance()["hosts"], "ctx": ctx})
+                    "devices": where["devices"], "hosts": where["hosts"], "ctx": ctx})
     return out
 
 
