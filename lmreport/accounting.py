@@ -364,6 +364,9 @@ def attention_memory_bytes(batch: int, seq_len: int, d: int, fused: bool = False
     return {k: int(e.subs(vals)) for k, e in attention_memory_exprs(fused).items()}
 
 
-def attention_term_bytes(batch: int, seq_len: int, d: int, fused: bool = False) -> list[tuple[MemoryTerm, int]]:
+def attention_term_bytes(batch: int, seq_len: int, d: int, fused: bool = False,
+                         end_of_backward: bool = False) -> list[tuple[MemoryTerm, int]]:
+    """Each term with its bytes: attention_memory_terms(fused), or attention_end_of_backward_terms()."""
     vals = _attention_values(batch, seq_len, d)
-    return [(t, int(t.bytes.subs(vals))) for t in attention_memory_terms(fused)]
+    terms = attention_end_of_backward_terms() if end_of_backward else attention_memory_terms(fused)
+    return [(t, int(t.bytes.subs(vals))) for t in terms]

@@ -64,6 +64,7 @@ def _row(r: dict) -> dict:
     peak = m.get("max_allocated_bytes", m.get("live_peak_bytes"))
     row = {
         "cell": r["cell"], "variant": c["variant"], "d": c["d"], "seq_len": c["seq_len"], "batch": c["batch"],
+        "record": r,  # its environment names the device of the OOM answer
         "status": r["status"], "error": r.get("error"), "source": c.get("source", "measured"),
         "forward_ms": _mean(m, "forward_ms"), "forward_std_ms": (m.get("forward_ms") or {}).get("std"),
         "backward_ms": _mean(m, "backward_ms"), "backward_std_ms": (m.get("backward_ms") or {}).get("std"),
@@ -187,10 +188,9 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
     if ooms:
         r = ooms[0]
         batch, t, d = r["batch"], r["seq_len"], r["d"]
-        rec = next(x for x in view.records if x["cell"] == r["cell"])
         budget = next((x["device_total_bytes"] for x in eager_rows if x.get("device_total_bytes")), None)
-        basis = {"kind": "measured", "device": (rec.get("environment") or {}).get("device"), "error": r["error"],
-                 "budget_bytes": budget, "in_grid": True}
+        device = (r["record"].get("environment") or {}).get("device")
+        basis = {"kind": "measured", "device": device, "error": r["error"], "budget_bytes": budget, "in_grid": True}
         prev = [x for x in eager_rows if x["d"] == d and x["seq_len"] < t and x["status"] == "ok"]
     else:
         # Nothing ran out: by formula on the GPU that ran the sweep, else on the handout's 80 GB GPU.
@@ -198,15 +198,13 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
         budget = gpu["device_total_bytes"] if gpu else view.edition.memory_budget_bytes
         found = first_oom(budget)
         batch, t, d = HANDOUT_BATCH, found["seq_len"], found["d"]
-        device = (next(x for x in view.records if x["cell"] == gpu["cell"]).get("environment") or {}).get("device") \
-            if gpu else None
+        device = (gpu["record"].get("environment") or {}).get("device") if gpu else None
         basis = {"kind": "formula", "device": device, "error": None, "budget_bytes": budget, "in_grid": found["in_grid"]}
         prev = []
     totals = acc.attention_memory_bytes(batch, t, d)
     fits = acc.attention_memory_bytes(batch, t // 2, d)
     return {"batch": batch, "seq_len": t, "d": d, **basis, "terms": _term_rows(batch, t, d),
-            "end_terms": [{"name": x.name, "bytes": int(x.bytes.subs({acc.B: batch, acc.T: t, acc.D: d}))}
-                          for x in acc.attention_end_of_backward_terms()],
+            "end_terms": [{"name": x.name, "bytes": n} for x, n in acc.attention_term_bytes(batch, t, d, end_of_backward=True)],
             "totals": totals, "half": {"seq_len": t // 2, **fits},
             "largest_grid_peak": acc.attention_memory_bytes(HANDOUT_BATCH, max(HANDOUT_T), max(HANDOUT_D))["backward_peak"],
             "largest_grid_t": max(HANDOUT_T), "largest_grid_d": max(HANDOUT_D), "widest_d": max(HANDOUT_D),
