@@ -56,19 +56,7 @@ def nvtx_range(name: str):
 def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int,
                name: str = "step") -> Stats:
     """Run `step` warmup times (NVTX "warmup"), then time `steps` calls (NVTX `name`) with a sync each."""
-    with nvtx_range("warmup"):
-        for _ in range(warmup):
-            step()
-            synchronize(device)
-    samples = []
-    for _ in range(steps):
-        with nvtx_range(name):
-            synchronize(device)
-            t0 = time.perf_counter()
-            step()
-            synchronize(device)
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return Stats.of(samples)
+    return time_phases(lambda phase: step(), device, warmup, steps, name)[name]  # a step of no phases
 
 
 class _PhaseClock:
