@@ -51,22 +51,18 @@ def checkpoint_groups(num_layers: int) -> list[int]:
 def cells(plan: Plan) -> list[Cell]:
     ed = plan.edition
     size, batch = ed.memory_model, ed.batch_size
-    out = []
-    for source, requires in (("estimated", "any"), ("measured", "cuda")):
-        for ctx in ed.memory_contexts:
-            for mode in MODES:
-                for dtype in DTYPES:
-                    out.append(cell(plan, SECTION, cell_name(source, size, ctx, mode, dtype), requires=requires,
-                                    size=size, ctx=ctx, batch=batch, mode=mode, dtype=dtype, source=source,
-                                    step="steady" if mode == "train" else None,
-                                    grad=False if mode == "forward" else None))
-    for size_ in CHECK_SIZES:
-        for mode in MODES:
-            for dtype in DTYPES:
-                out.append(cell(plan, SECTION, cell_name("cpu_check", size_, CHECK_CTX, mode, dtype), size=size_,
-                                ctx=CHECK_CTX, batch=batch, mode=mode, dtype=dtype, source="cpu_check",
-                                step="steady" if mode == "train" else None,
-                                grad=False if mode == "forward" else None))
+
+    def step_cell(source, size, ctx, mode, dtype, requires="any"):
+        # a training step after warm-up; a forward pass for inference (what a measured cell records)
+        return cell(plan, SECTION, cell_name(source, size, ctx, mode, dtype), requires=requires, size=size, ctx=ctx,
+                    batch=batch, mode=mode, dtype=dtype, source=source, step="steady" if mode == "train" else None,
+                    grad=False if mode == "forward" else None)
+
+    out = [step_cell(source, size, ctx, mode, dtype, requires)
+           for source, requires in (("estimated", "any"), ("measured", "cuda"))
+           for ctx in ed.memory_contexts for mode in MODES for dtype in DTYPES]
+    out += [step_cell("cpu_check", size_, CHECK_CTX, mode, dtype)
+            for size_ in CHECK_SIZES for mode in MODES for dtype in DTYPES]
     if ed.year in CHECKPOINT_EDITIONS:
         for ctx in ed.memory_contexts:
             out.append(cell(plan, SECTION, f"block-{size}-ctx{ctx}", size=size, ctx=ctx, batch=batch, mode="train",
