@@ -7,8 +7,10 @@ whole pipeline.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import platform
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -16,7 +18,28 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _torch_build_for_gpu() -> bool | None:
+    """Whether the installed torch was built for CUDA or ROCm, read from torch/version.py without
+    importing torch (None when that file cannot say: then torch is asked)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return None
+    # torch/version.py (generated at build time): `cuda: Optional[str] = None` or `= '12.6'`, the same for hip
+    builds = dict(re.findall(r"^(cuda|hip)\s*(?::[^=\n]*)?=\s*(\S.*?)\s*$", text, re.MULTILINE))
+    if builds.keys() != {"cuda", "hip"}:
+        return None
+    return builds != {"cuda": "None", "hip": "None"}
+
+
 def cuda_available() -> bool:
+    # The default profile of every command depends on this answer; a CPU-only build of torch never
+    # sees a GPU, so importing it (about 2 s) to ask would only slow `lmreport render` down.
+    if _torch_build_for_gpu() is False:
+        return False
     try:
         import torch
     except ImportError:  # rendering never needs torch

@@ -99,3 +99,25 @@ def test_output_into_a_closed_pipe_is_not_an_error(samples_dir):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "error" not in err.lower(), err
+
+
+def test_commands_start_without_torch_and_matplotlib_when_they_need_neither(tmp_path):
+    """Building the parser (every command, `--help` too) and `lmreport list` load neither torch, matplotlib nor
+    pandas; a render without --profile on a CPU-only torch build does not load torch (the default profile is
+    read from torch/version.py) and draws its figures with matplotlib only when there are any."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from lmreport.device import _torch_build_for_gpu
+    assert _torch_build_for_gpu() == bool(torch.version.cuda or torch.version.hip)
+    probe = ("import sys; from lmreport.cli import main; main(sys.argv[1:]); "
+             "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules), file=sys.stderr)")
+    listed = subprocess.run([sys.executable, "-c", probe, "list", "--runs-dir", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert listed.returncode == 0 and listed.stderr.strip().splitlines()[-1] == "[]"
+    if not _torch_build_for_gpu():
+        render = subprocess.run([sys.executable, "-c", probe, "render", "--runs-dir", str(tmp_path), "--out",
+                                 str(tmp_path / "build"), "--no-pdf"], capture_output=True, text=True)
+        assert render.returncode == 0 and "'torch'" not in render.stderr.strip().splitlines()[-1]
