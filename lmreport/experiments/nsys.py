@@ -39,7 +39,7 @@ from pathlib import Path
 from lmreport.device import PROJECT_ROOT
 from lmreport.errors import UserError
 from lmreport.ingest.nsys import cell_name
-from lmreport.ingest.nsys_summary import summarise
+from lmreport.ingest.nsys_summary import pick_tables, summarise
 from lmreport.ingest.nsys_tables import parse_file
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
@@ -275,15 +275,14 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
 
     stats_log = out / "nsys-stats.log"
     run_logged(stats_command(nsys, report_file, list(reports.values()), out / "stats"), stats_log, stats_timeout_s)
-    tables, artifacts = {}, {"report": report_file.name, "profile_log": profile_log.name, "stats_log": stats_log.name}
+    parsed, artifacts = [], {"report": report_file.name, "profile_log": profile_log.name, "stats_log": stats_log.name}
     for report, name in reports.items():
         csv_file = out / f"stats_{name}.csv"
         if not csv_file.exists():
             continue  # nsys writes no file for a report without data (it says SKIPPED)
-        export = parse_file(csv_file)
-        for t in export.tables:
-            tables.setdefault(t.report, t)
+        parsed += parse_file(csv_file).tables
         artifacts[report] = csv_file.name
+    tables, _ = pick_tables(parsed)  # one profile: the first table of each report
     if "cuda_gpu_kern_sum" not in tables or not tables["cuda_gpu_kern_sum"].rows:
         raise RuntimeError(f"nsys stats wrote no kernel summary, or an empty one: the capture recorded no kernel "
                            f"(log: {stats_log})")
