@@ -1,4 +1,4 @@
-"""Model tables per handout edition and sweep profiles.
+"""Model tables per handout edition, sweep profiles, and the names of what the experiments run.
 
 Pure data (no torch import), so accounting and rendering stay fast. Sources: the systems
 handout of the LM-from-scratch course, editions 2025 and 2026 (model table "Table 1",

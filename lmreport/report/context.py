@@ -70,7 +70,7 @@ class SectionView:
         return {"devices": devices, "hosts": hosts, "profile": self.profile.name, "mixed": mixed, "line": line}
 
     def plan_flags(self, prof: Profile | None = None) -> str:
-        """" --profile P [--edition E]": the flags that select this plan (or the edition under another profile)."""
+        """The flags that select this plan, ' --profile P [--edition E]' (or this edition under another profile)."""
         prof = prof or self.profile
         return f" --profile {prof.name}" + ("" if prof.edition else f" --edition {self.edition.year}")
 
