@@ -127,7 +127,7 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
                 traceback.print_exc()
             _release_cuda_memory()
     if status == "skipped":
-        kept = _keep_ok_record(c, record_file, error)
+        kept = _ok_record_a_skip_keeps(c, record_file, error)
         if kept is not None:
             return kept
     set_aside_unreadable(record_file)
@@ -138,7 +138,7 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
     return record
 
 
-def _keep_ok_record(c: Cell, record_file: Path, reason: str | None) -> dict | None:
+def _ok_record_a_skip_keeps(c: Cell, record_file: Path, reason: str | None) -> dict | None:
     """A cell this machine cannot run never replaces the ok record it already has (`--rerun` on a
     CPU machine would otherwise wipe GPU profiles ingested or copied from elsewhere).
 
