@@ -6,11 +6,13 @@ A cell's time is its work plus what launching it costs:
   status: an OOM takes about as long again); otherwise a cost model: the FLOPs the cell executes
   (accounting.py's formulas times its step count) at the device's rate, plus a fixed in-cell cost
   (model build, data, writing the record) and the known fixed parts of some cells (a matmul
-  cell's minimum measuring time, a torch.compile, an nsys profile and its exports);
+  cell's minimum measuring time, a torch.compile, an nsys profile and its exports); an attention
+  cell takes what a record of the same shape as another variant took;
 - the rate: the device's peak times an MFU. The peak is this run's matmul cell where the bench
   section has measured one (the rate the bench chapter's MFU is relative to on a CPU), else the
   datasheet peak (peaks.py) of the GPU the records name, of the GPU here, or of an assumed one;
-  the MFU is the median `mfu` of this run's step records of that precision, else an assumed one;
+  the MFU is the median `mfu` of this run's step records of that precision and the same size and
+  mode (else the size, else all sizes: small models reach a smaller MFU), else an assumed one;
 - launching: a fresh process pays its start (Python, `import torch`) and, for a CUDA cell, the
   CUDA set-up (context, cuBLAS, first kernels); inline pays nothing per cell, a worker once per
   section and once per fresh-process cell, the others once per cell.
@@ -99,14 +101,33 @@ class Rates:
                 return r["metrics"].get("tflops")
         return None
 
-    def _median_mfu(self, device: str, precision: str) -> float | None:
-        values = [r["metrics"]["mfu"] for r in self.records
-                  if r["section"] == "bench" and r["status"] == "ok" and r["config"].get("device") == device
-                  and r["config"].get("dtype") == precision and not r["config"].get("compiled")
-                  and isinstance(r["metrics"].get("mfu"), (int, float))]
-        return statistics.median(values) if values else None
+    def other_variant_s(self, c) -> float | None:
+        """duration_s of this run's ok record of the same attention shape as another variant, if any."""
+        k = c.config
+        for r in self.records:
+            rk = r["config"]
+            if (r["section"] == c.section and r["status"] == "ok" and rk.get("source") == "measured"
+                    and all(rk.get(x) == k.get(x) for x in ("d", "seq_len", "batch", "warmup", "passes"))):
+                return float(r["duration_s"])
+        return None
 
-    def tflops(self, device: str, precision: str) -> float:
+    def _median_mfu(self, device: str, precision: str, size: str | None, mode: str | None) -> tuple[float, str] | None:
+        """The median MFU of this run's eager step records of the closest kind: the same size and mode,
+        else the same size, else any size (MFU grows with size: small models are launch-bound)."""
+        steps = [r for r in self.records
+                 if r["section"] == "bench" and r["status"] == "ok" and r["config"].get("device") == device
+                 and r["config"].get("dtype") == precision and not r["config"].get("compiled")
+                 and isinstance(r["metrics"].get("mfu"), (int, float))]
+        for keys, what in ((("size", "mode"), "same size and mode"), (("size",), "same size"), ((), "all sizes")):
+            want = {"size": size, "mode": mode}
+            if any(want[k] is None for k in keys):
+                continue
+            values = [r["metrics"]["mfu"] for r in steps if all(r["config"].get(k) == want[k] for k in keys)]
+            if values:
+                return statistics.median(values), what
+        return None
+
+    def tflops(self, device: str, precision: str, size: str | None = None, mode: str | None = None) -> float:
         from lmreport import peaks
         precision = "bf16" if precision in ("bf16", "fp16") else "fp32"
         measured = self._measured_peak(device, precision)
@@ -121,14 +142,15 @@ class Rates:
                 where = f"{self.gpu_name} ({self.gpu_source}) datasheet {precision} peak {peak:g} TFLOP/s"
         else:
             peak, where = ASSUMED_CPU_TFLOPS, f"{ASSUMED_CPU_TFLOPS:g} TFLOP/s (assumed: no matmul-cpu record)"
-        mfu = self.mfu_override
-        mfu_where = "given"
+        mfu, mfu_where = self.mfu_override, f"{self.mfu_override} (given)"
         if mfu is None:
-            mfu = self._median_mfu(device, precision)
-            mfu_where = "median of this run's step records"
-        if mfu is None:
-            mfu, mfu_where = ASSUMED_MFU, "assumed"
-        self.used[(device, precision)] = f"{device} {precision}: {where} × MFU {mfu:.2f} ({mfu_where})"
+            found = self._median_mfu(device, precision, size, mode)
+            if found is not None:
+                mfu, mfu_where = found[0], ("from this run's step records (median of the same size and mode, "
+                                            "else of the size, else of all)")
+            else:
+                mfu, mfu_where = ASSUMED_MFU, f"{ASSUMED_MFU} (assumed)"
+        self.used[(device, precision)] = f"{device} {precision}: {where} × MFU {mfu_where}"
         return peak * mfu
 
 
@@ -156,11 +178,14 @@ def cell_work_model(c, rates: Rates) -> float:
         else:  # a measured memory cell: its warm-up steps and the recorded one
             steps = MEASURED_MEMORY_STEPS
             seconds += MEMORY_SNAPSHOT_S
-        seconds += steps * flops / (rates.tflops(device, precision) * 1e12)
+        seconds += steps * flops / (rates.tflops(device, precision, k["size"], k["mode"]) * 1e12)
         seconds += COMPILE_S if k.get("compiled") else 0.0
         seconds += NSYS_S if c.requires == "nsys" else 0.0
         return seconds
     if {"seq_len", "d", "batch"} <= k.keys() and k.get("source") == "measured":
+        twin = rates.other_variant_s(c)
+        if twin is not None:  # the same (d, T) timed as another variant: the same passes over the same shapes
+            return twin
         passes = k.get("warmup", 0) + 2 * k.get("passes", 0) + 2  # first pass, warm-up, timed, memory pass
         seconds += passes * attention_pass_flops(k["batch"], k["seq_len"], k["d"]) / (
             rates.tflops(device, precision) * 1e12)

@@ -142,7 +142,16 @@ FAKE_SECTION = textwrap.dedent("""
         if do == "sleep":
             Path(c.config["marker"]).write_text(str(os.getpid()))
             time.sleep(60)
+        if do == "compile":  # what Dynamo holds for a function compiled by an earlier cell of this process
+            import torch
+            from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+            before = len(_debug_get_cache_entry_list(twice.__code__))
+            torch.compile(twice, backend="eager")(torch.ones(2))
+            return {"metrics": {"pid": os.getpid(), "entries_before": before}}
         return {"metrics": {"pid": os.getpid()}}
+
+    def twice(x):
+        return 2 * x
 
     mod = types.SimpleNamespace(run_cell=run_cell)
     lmreport.sections.get = lambda name: types.SimpleNamespace(experiment_module=lambda: mod)
@@ -159,11 +168,11 @@ def fake_env(tmp_path) -> dict:
 def test_worker_is_replaced_after_a_crash_or_a_cuda_error_and_isolates_fresh_cells(tmp_path):
     fc = lambda name, do, **kw: runner.cell(PLAN, "fake", name, do=do, **kw)  # noqa: E731
     cells = [fc("snapshot", "ok", fresh_process=True), fc("a", "ok"), fc("b", "die"), fc("c", "ok"),
-             fc("d", "poison"), fc("e", "ok")]
+             fc("d", "poison"), fc("e", "ok"), fc("k1", "compile"), fc("k2", "compile")]
     launcher = WorkerLauncher(env=fake_env(tmp_path))
     res = runner.run_sweep(cells, tmp_path, PLAN.run, executor=launcher, progress=False)
     rec = {c.name: store.read_record(store.record_path(tmp_path, PLAN.run, "fake", c.name)) for c in cells}
-    assert res.counts == {"ok": 4, "error": 2}
+    assert res.counts == {"ok": 6, "error": 2}
     # b killed its worker twice: in the first worker, then again as the first cell of a clean one.
     assert rec["b"]["error"].startswith("worker exited with 3 before writing a record; log: ")
     assert "cell b in" in (store.artifacts_dir(store.record_path(tmp_path, PLAN.run, "fake", "b")) / "worker.log").read_text()
@@ -173,6 +182,9 @@ def test_worker_is_replaced_after_a_crash_or_a_cuda_error_and_isolates_fresh_cel
     assert len(set(pids.values())) == 4  # a new worker after b, after d; the snapshot in a process of its own
     assert launcher.stats["fresh processes"] == 1 and rec["snapshot"]["launcher"] == "worker"
     assert rec["snapshot"]["started_at"] >= rec["e"]["started_at"]  # fresh cells run last, with no worker beside them
+    # Each cell starts with Dynamo's caches empty: k2 (same worker as k1) finds nothing k1 compiled.
+    assert rec["k1"]["metrics"]["pid"] == rec["k2"]["metrics"]["pid"] == pids["e"]
+    assert rec["k2"]["metrics"]["entries_before"] == 0
     # A cell's output goes to its own log; a cell that said nothing leaves no log and no folder. (These cells print.)
     assert (store.artifacts_dir(store.record_path(tmp_path, PLAN.run, "fake", "a")) / "worker.log").read_text().startswith("cell a in")
 

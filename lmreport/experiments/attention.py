@@ -86,8 +86,9 @@ def compiled_attention(dynamic: bool = True) -> Callable:
     """The model's attention under torch.compile, compiled once per process.
 
     With dynamic shapes (B, T and d symbolic) one compilation serves every (d, T) of a sweep
-    run in one process (the inline and worker executors, the defaults without and with CUDA);
-    cells that run in processes of their own (subprocess, local-gpus, Slurm) find the same graph in Inductor's on-disk
+    run in one process (the inline executor, the default without CUDA); cells that run in processes
+    of their own (subprocess, local-gpus, Slurm), or in the worker executor, which empties Dynamo's
+    caches before each cell (launchers/worker.py), find the same graph in Inductor's on-disk
     FX graph cache instead of compiling it again, which static shapes would defeat (one graph
     per shape).
     """

@@ -12,6 +12,8 @@ clean process where that matters:
 - cells marked `fresh_process` (CUDA memory snapshots, the cold-start ablation) run in a fresh
   process of their own, as with `--executor subprocess`, after the section's other cells, once the
   worker has exited (so nothing else holds the device, and one worker serves the whole section);
+- each cell starts with Dynamo's caches empty (compiled code is never shared between cells,
+  as between fresh processes);
 - a worker retires after a cell that ran out of memory on CUDA (its caching allocator's
   fragmentation would shape later peaks) or hit an error that can poison a CUDA context ("CUDA
   error", illegal memory access, device-side assert, ...), and after dying in a cell (segfault,
@@ -42,7 +44,7 @@ from lmreport import store
 from lmreport.launchers import Finished, Launcher
 from lmreport.launchers.process import (cell_log, lost_cell_environment, mtime_ns, record_lost_cell,
                                         run_in_fresh_process)
-from lmreport.runner import Cell
+from lmreport.runner import Cell, missing_requirement
 
 # Errors after which a CUDA context may be unusable (CUDA's sticky errors: an illegal address or a
 # device-side assert fails every later call of the process; cuBLAS/cuDNN failures are often their echo).
@@ -137,8 +139,10 @@ class WorkerLauncher(Launcher):
 
     def run_many(self, todo: list[tuple[Cell, Path]], finished: Finished) -> Counter:
         worker: _Worker | None = None
-        shared = [(c, path) for c, path in todo if not c.fresh_process]
-        fresh = [(c, path) for c, path in todo if c.fresh_process]
+        # A fresh-process cell this machine cannot run is only recorded `skipped`: no process for that.
+        alone = [c.fresh_process and missing_requirement(c.requires) is None for c, _ in todo]
+        fresh = [item for item, a in zip(todo, alone) if a]
+        shared = [item for item, a in zip(todo, alone) if not a]
         try:
             for c, path in shared:
                 retried = False
@@ -211,6 +215,20 @@ def _cuda_used() -> bool:
     return bool(torch is not None and torch.cuda.is_initialized())
 
 
+def _forget_compiled_code() -> None:
+    """Empty Dynamo's caches, so the next cell compiles as it would in a fresh process.
+
+    A torch.compile'd cell then never runs code compiled for an earlier cell's shapes, module or
+    dynamic-shape setting, and a long sweep never reaches Dynamo's recompile limit (8 entries per
+    code object by default), past which it would run eager code without a word. Inductor's FX
+    graph cache (in memory and on disk) still serves recompilations, as it serves the cells of
+    the subprocess launcher. Clearing empty caches costs microseconds.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
+
+
 def serve(requests, reply) -> int:
     """Run each requested cell; one reply line per cell."""
     from lmreport import model_cache
@@ -221,6 +239,7 @@ def serve(requests, reply) -> int:
             continue
         req = json.loads(line)
         c, record_file = Cell.from_json(req["cell"]), Path(req["record"])
+        _forget_compiled_code()
         with _output_to(cell_log(record_file)):
             record = execute_cell(c, record_file, launch={"launcher": WorkerLauncher.name,
                                                           "launched_at": req["launched_at"]})
