@@ -29,11 +29,14 @@ from lmreport.presets import model_of
 
 # Assumptions, used only where records say nothing better.
 ASSUMED_GPU = "NVIDIA H100 80GB HBM3"  # the course's GPU (2026 handout); datasheet peaks in peaks.py
-ASSUMED_MFU = 0.3
+# The medians of the H200 bench records at context 512 (../shared/samples/h200: fp32 0.31-0.66, bf16 0.02-0.23;
+# bf16 steps of these sizes are far from the tensor-core peak).
+ASSUMED_MFU = {"fp32": 0.5, "bf16": 0.07}
 ASSUMED_CPU_TFLOPS = 0.05  # a few-core CPU's fp32 matmul rate, when no matmul-cpu record exists
-# A fresh process's start (python, `import torch`, lmreport; the subprocess launcher's wall time
-# outside its cells, measured on this project's 2-core CPU machine: README "Launch overhead")
-PROCESS_START_S = 2.5
+# What a fresh process adds to a cell (python, `import torch`, lmreport, the first steps' cold costs, teardown):
+# benchmarks/bench_launch_overhead.py on this project's 2-core CPU machine (README "Launch overhead"); a
+# GPU host's faster CPU pays less.
+PROCESS_START_S = 5.6
 # The first CUDA work of a process: context, cuBLAS handle, lazily loaded kernels. H200 records
 # (../shared/samples/h200): small-ctx512-forward-fp32, the first cell of its process, took 5.8 s
 # against 0.55 s for its bf16 twin; small-ctx128-forward-fp32-warmup0 5.1 s against 0.31 s (warmup1).
@@ -149,7 +152,8 @@ class Rates:
                 mfu, mfu_where = found[0], ("from this run's step records (median of the same size and mode, "
                                             "else of the size, else of all)")
             else:
-                mfu, mfu_where = ASSUMED_MFU, f"{ASSUMED_MFU} (assumed)"
+                mfu = ASSUMED_MFU[precision]
+                mfu_where = f"{mfu} (assumed: about the median of real H200 records at context 512)"
         self.used[(device, precision)] = f"{device} {precision}: {where} × MFU {mfu_where}"
         return peak * mfu
 
@@ -229,8 +233,8 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     if any(ce.source == "model" for cells in est.cells.values() for ce in cells):
         est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
                          f"{NSYS_S:g} s per cell (assumed)")
-    est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process, {CUDA_SETUP_S:g} s CUDA set-up in its "
-                     f"first CUDA cell (H200 records)" + ("; Slurm queue time not included" if launcher == "slurm" else ""))
+    est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
+                     f"CUDA set-up in its first CUDA cell (H200 records)" + ("; Slurm queue time not included" if launcher == "slurm" else ""))
     return est
 
 

@@ -54,18 +54,20 @@ def test_estimate_from_a_record_and_from_the_cost_model():
     est = eta.estimate({"bench": [step]}, [earlier], "inline")
     assert [(c.work_s, c.source) for c in est.cells["bench"]] == [(42.0, "record")]
 
-    # The rate: this run's matmul record (0.2 TFLOP/s) times the median MFU of its step records (0.5).
+    # The rate: this run's matmul record (0.2 TFLOP/s) times the MFU of its step records of the same size and
+    # mode (0.5; the others' would give another rate).
     matmul = store.make_record("bench", "matmul-cpu-fp32", {"experiment": "matmul", "device": "cpu", "dtype": "fp32"},
                                {}, "ok", metrics={"tflops": 0.2})
-    steps = [store.make_record("bench", f"s{i}", {"experiment": "step", "device": "cpu", "dtype": "fp32"}, {}, "ok",
-                               metrics={"mfu": m}) for i, m in enumerate((0.4, 0.5, 0.9))]
+    steps = [store.make_record("bench", f"s{i}", {"experiment": "step", "device": "cpu", "dtype": "fp32", "size": size,
+                                                  "mode": mode}, {}, "ok", metrics={"mfu": m})
+             for i, (size, mode, m) in enumerate((("tiny", "train", 0.1), ("mini", "train", 0.5), ("mini", "forward", 0.9)))]
     est = eta.estimate({"bench": [step]}, [matmul, *steps], "subprocess")
     flops, _ = bench.step_flops(model_of(step.config), step.config["batch"], step.config["ctx"], "train")
     n_steps = step.config["warmup"] + step.config["steps"]
     (ce,) = est.cells["bench"]
     assert ce.source == "model" and ce.work_s == pytest.approx(eta.PER_CELL_S + n_steps * flops / (0.2e12 * 0.5))
     assert est.launch_s["bench"] == eta.PROCESS_START_S and est.processes["bench"] == 1  # a CPU cell: no CUDA set-up
-    assert any("matmul-cpu-fp32 record" in n and "median of this run's step records" in n for n in est.notes)
+    assert any("matmul-cpu-fp32 record" in n and "MFU from this run's step records" in n for n in est.notes)
 
 
 def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkeypatch):

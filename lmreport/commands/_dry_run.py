@@ -52,6 +52,15 @@ def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, lau
     for name, cells in todo.items():
         if cells:
             print(f"  {name}: {_names(cells)}", file=out)
+    needs = {}
+    for cells in todo.values():
+        for c in cells:
+            reason = runner.missing_requirement(c.requires)
+            if reason:
+                needs[reason] = needs.get(reason, 0) + 1
+    for reason, n in needs.items():
+        print(f"{n} of these cells {reason.replace('needs', 'need')} and would be recorded `skipped` here; "
+              "the ETA is for a machine that runs them", file=out)
     print("estimated from:", file=out)
     for note in est.notes:
         print(f"  - {note}", file=out)
