@@ -108,11 +108,14 @@ def main(args) -> int:
     per_section: dict[str, Counter] = {}
     for name in names:
         cells = runner.filter_cells(planned[name], filters)
+        stats = Counter(getattr(ex, "stats", {}))  # the worker's processes, model builds, retries so far
         # With slurm, run_sweep only submits; the wait below has the progress bar.
         res = runner.run_sweep(cells, args.runs_dir, plan.run, executor=ex, rerun=args.rerun,
                                progress=not args.no_progress and executor != "slurm")
         per_section[name] = res.counts
-        print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}", file=sys.stderr)
+        used = Counter(getattr(ex, "stats", {})) - stats
+        print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}"
+              + (f" ({_summary(used)})" if used else ""), file=sys.stderr)
         failed += res.counts["error"]
     if executor != "slurm":
         return 1 if failed else 0
