@@ -233,8 +233,9 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     if any(ce.source == "model" for cells in est.cells.values() for ce in cells):
         est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
                          f"{NSYS_S:g} s per cell (assumed)")
+    slurm = "; Slurm queue time not included" if launcher == "slurm" else ""
     est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
-                     f"CUDA set-up in its first CUDA cell (H200 records)" + ("; Slurm queue time not included" if launcher == "slurm" else ""))
+                     f"CUDA set-up in its first CUDA cell (H200 records){slurm}")
     return est
 
 
