@@ -160,7 +160,7 @@ def test_a_dead_worker_on_a_gpu_machine_is_not_labelled_with_the_cpu(tmp_path, m
     assert env["device"] is None and env["device_type"] == "cuda" and env["cuda_visible_devices"] == "3"
 
 
-@pytest.mark.parametrize("executor", ["inline", "subprocess"])
+@pytest.mark.parametrize("executor", ["inline", "subprocess", "worker"])
 def test_a_cell_this_machine_cannot_run_keeps_its_ok_record(tmp_path, monkeypatch, executor):
     """`--rerun` on a machine without the GPU must not turn GPU results (made or copied here) into 'skipped'."""
     c = runner.cell(PLAN, "accounting", "gpu-result", requires="nsys", size="small")
@@ -169,7 +169,7 @@ def test_a_cell_this_machine_cannot_run_keeps_its_ok_record(tmp_path, monkeypatc
                            metrics={"kernel_total_ns": 123})
     store.write_record(record_file, ok)
     monkeypatch.setattr(runner, "missing_requirement", lambda requires: "needs a CUDA GPU")  # inline
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the subprocess worker finds no GPU, nor nsys
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the subprocess or worker process finds no GPU, nor nsys
     res = runner.run_sweep([c], tmp_path, PLAN.run, executor=executor, rerun=True, progress=False)
     kept = store.read_record(record_file)
     assert res.counts == {"ok": 1} and kept["status"] == "ok" and kept["metrics"] == {"kernel_total_ns": 123}
