@@ -115,7 +115,7 @@ def main(args) -> int:
         per_section[name] = res.counts
         used = Counter(getattr(ex, "stats", {})) - stats
         print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}"
-              + (f" ({_summary(used)})" if used else ""), file=sys.stderr)
+              + (f" ({', '.join(f'{k}: {n}' for k, n in sorted(used.items()))})" if used else ""), file=sys.stderr)
         failed += res.counts["error"]
     if executor != "slurm":
         return 1 if failed else 0
