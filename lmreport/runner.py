@@ -1,12 +1,14 @@
-"""Runs the cells of a sweep through an executor and writes one record per cell.
+"""Plans the cells of a sweep, runs one cell in this process, and runs sweeps through a launcher.
 
-What to run comes from the experiment modules (cells); how to launch is the executor's
-business (inline in this process, one subprocess per cell, one worker per local GPU in
-local_gpus.py, Slurm job arrays through submitit in slurm.py); what a cell measures is the
-experiment's. A rerun skips cells whose record is `ok` and retries the rest.
+What to run comes from the experiment modules (cells, planned here: Plan, Cell, cell(),
+filter_cells, and the skip rule of `cells_to_run`); how to launch is a launcher's business
+(lmreport/launchers/: inline, subprocess, worker, local-gpus, slurm); what a cell measures is
+the experiment's. A rerun skips cells whose record is `ok` and retries the rest.
 
-Every executor ends in `execute_cell` in some process, so records are written the same way
-everywhere: atomically, into the shared runs/ folder, by the process that ran the cell.
+Every launcher ends in `execute_cell` in some process, so records are written the same way
+everywhere: atomically, into the shared runs/ folder, by the process that ran the cell. This
+module imports no launcher: run_sweep looks one up by name in lmreport.launchers when given a
+name, and the launchers import the cell type and execute_cell from here.
 
 Failure is data: out-of-memory becomes status `oom`, any other exception `error` with its
 message, a cell the machine cannot run `skipped` with the reason. A record is written only
@@ -20,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -28,11 +29,14 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from lmreport import store
 from lmreport.errors import InputFileError
 from lmreport.presets import Edition, Profile
+
+if TYPE_CHECKING:
+    from lmreport.launchers import Launcher
 
 REQUIREMENTS = ("any", "cuda", "nsys")
 
@@ -55,6 +59,9 @@ class Cell:
     name: str  # unique within the section, also the record's file name
     config: dict  # JSON-able; includes edition and profile (added by `cell()`)
     requires: str = "any"  # "any", "cuda" or "nsys": what the machine must have
+    # Measured as the first work of a clean process (a CUDA memory snapshot, a cold start): the
+    # worker launcher runs such a cell in a process of its own instead of its long-lived one.
+    fresh_process: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -64,10 +71,11 @@ class Cell:
         return Cell(**json.loads(text))
 
 
-def cell(plan: Plan, section: str, name: str, requires: str = "any", **config) -> Cell:
+def cell(plan: Plan, section: str, name: str, requires: str = "any", fresh_process: bool = False, **config) -> Cell:
     """A cell whose config carries the plan's edition and profile (records say where they belong)."""
     assert requires in REQUIREMENTS, requires
-    return Cell(section, name, {"edition": plan.edition.year, "profile": plan.profile.name, **config}, requires)
+    return Cell(section, name, {"edition": plan.edition.year, "profile": plan.profile.name, **config}, requires,
+                fresh_process)
 
 
 class CellSkipped(Exception):
@@ -103,12 +111,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> dict:
-    """Run one cell in this process and write its record; returns the record."""
+def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None, launch: dict | None = None) -> dict:
+    """Run one cell in this process and write its record; returns the record.
+
+    `launch` says how the cell got here: {"launcher": name, "launched_at": time.time() when the
+    launcher started it (the parent's clock; same host)}. The record keeps the launcher, `wall_s`
+    (from launch to record, so a fresh process's start, imports and CUDA set-up count; without
+    launched_at, this call's own wall time) and `timed_s` (wall time inside timed steps,
+    timing.timed_seconds), next to `duration_s` (this call's wall time).
+    """
+    from lmreport import timing
     from lmreport.device import default_device, environment
     from lmreport.sections import get
 
-    started, t0 = store.now_iso(), time.perf_counter()
+    launch = launch or {}
+    started, t0, timed0 = store.now_iso(), time.perf_counter(), timing.timed_seconds()
     artifacts = store.artifacts_dir(record_file)
     status, error, result = "ok", None, {}
     reason = missing_requirement(c.requires)
@@ -131,9 +148,15 @@ def execute_cell(c: Cell, record_file: Path, run_fn: Callable | None = None) -> 
         if kept is not None:
             return kept
     set_aside_unreadable(record_file)
+    duration_s = time.perf_counter() - t0
+    timed_s = timing.timed_seconds() - timed0
+    launched_at = launch.get("launched_at")
     record = store.make_record(c.section, c.name, c.config, environment(default_device()), status,
                                metrics=result.get("metrics"), artifacts=result.get("artifacts"),
-                               error=error, started_at=started, duration_s=time.perf_counter() - t0)
+                               error=error, started_at=started, duration_s=duration_s,
+                               launcher=launch.get("launcher"),
+                               wall_s=max(duration_s, time.time() - launched_at) if launched_at else duration_s,
+                               timed_s=timed_s if timed_s > 0 else None)
     store.write_record(record_file, record)
     return record
 
@@ -142,8 +165,9 @@ def _ok_record_a_skip_keeps(c: Cell, record_file: Path, reason: str | None) -> d
     """A cell this machine cannot run never replaces the ok record it already has (`--rerun` on a
     CPU machine would otherwise wipe GPU profiles ingested or copied from elsewhere).
 
-    The record is rewritten unchanged, so its mtime moves: the subprocess and Slurm executors
-    take a fresh mtime as "the cell wrote its record" (WorkerProcess.finish, slurm.resolve).
+    The record is rewritten unchanged, so its mtime moves: the subprocess, worker and Slurm
+    launchers take a fresh mtime as "the cell wrote its record" (launchers.process.record_lost_cell,
+    slurm.resolve).
     """
     try:
         previous = store.read_record(record_file)
@@ -183,134 +207,6 @@ def _release_cuda_memory() -> None:
         pass
 
 
-# --- executors --------------------------------------------------------------------------------
-
-
-class InlineExecutor:
-    """Runs cells in this process: fastest, used on CPU and in tests."""
-
-    name = "inline"
-
-    def run(self, c: Cell, record_file: Path) -> dict:
-        return execute_cell(c, record_file)
-
-
-class WorkerProcess:
-    """One cell in a child process (`python -m lmreport.runner`), its output in worker.log beside the record.
-
-    The child writes the record itself; if it dies first (killed, segfault, timeout), `finish`
-    records that as `error` (or `oom` when the log says so) with the log's path.
-    """
-
-    def __init__(self, c: Cell, record_file: Path, env: dict | None = None):
-        self.cell, self.record_file, self.env = c, Path(record_file), env
-        self.log = store.artifacts_dir(self.record_file) / "worker.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        # A record from an earlier run may exist; a fresh one has another mtime (no clock comparison).
-        self.before = self.record_file.stat().st_mtime_ns if self.record_file.exists() else None
-        self.started, self.t0 = store.now_iso(), time.perf_counter()
-        self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmreport.runner", c.to_json(), str(self.record_file)],
-                                     stdout=self._out, stderr=subprocess.STDOUT, env=env)
-
-    def done(self) -> bool:
-        return self.proc.poll() is not None
-
-    def wait(self, timeout_s: float | None = None) -> int | str:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            return "timeout"
-
-    def stop(self) -> None:
-        """Kill the child (Ctrl-C, timeout); it writes no record, and neither does `finish` then."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
-    def finish(self, code: int | str | None = None) -> dict:
-        self._out.close()
-        code = self.proc.returncode if code is None else code
-        fresh = self.record_file.exists() and self.record_file.stat().st_mtime_ns != self.before
-        if fresh:
-            return store.read_record(self.record_file)
-        error = f"worker exited with {code} before writing a record; log: {self.log}"
-        status = "oom" if _log_mentions_oom(self.log) else "error"
-        c = self.cell
-        record = store.make_record(c.section, c.name, c.config, self._environment(), status, error=error,
-                                   artifacts={"log": self.log.name}, started_at=self.started,
-                                   duration_s=time.perf_counter() - self.t0)
-        store.write_record(self.record_file, record)
-        return record
-
-
-    def _environment(self) -> dict:
-        """Where the dead worker ran, as far as this process knows without initialising CUDA here
-        (a CUDA context in the parent would hold GPU memory the next workers need): on a GPU
-        machine the device is unknown (None), never this parent's CPU."""
-        from lmreport.device import default_device, environment
-        env = environment("cpu")
-        device = default_device()
-        if device != "cpu":
-            env.update(device=None, device_type=device, cuda=None)
-        if self.env is not None:
-            env["cuda_visible_devices"] = self.env.get("CUDA_VISIBLE_DEVICES")
-        return env
-
-
-class SubprocessExecutor:
-    """One Python process per cell, so an OOM or a crash cannot poison later cells."""
-
-    name = "subprocess"
-
-    def __init__(self, timeout_s: float | None = None, env: dict | None = None):
-        self.timeout_s = timeout_s
-        self.env = env
-
-    def run(self, c: Cell, record_file: Path) -> dict:
-        worker = WorkerProcess(c, record_file, env=self.env)
-        try:
-            code = worker.wait(self.timeout_s)
-        except BaseException:  # Ctrl-C or SIGTERM: the cell was not finished, so no record
-            worker.stop()
-            raise
-        return worker.finish(code)
-
-
-def _log_mentions_oom(log: Path) -> bool:
-    try:
-        return "out of memory" in log.read_text(errors="replace")[-20000:].lower()
-    except OSError:
-        return False
-
-
-def _local_gpus_executor(**options):
-    from lmreport.local_gpus import LocalGpusExecutor
-    return LocalGpusExecutor(**options)
-
-
-def _slurm_executor(**options):
-    from lmreport.slurm import SubmititExecutor
-    return SubmititExecutor(**options)
-
-
-# Name -> factory. An executor has `run(cell, record_file) -> record`, or, when it runs many cells
-# at once, `run_many(todo, finished) -> Counter` calling finished(cell, record) per finished cell.
-EXECUTORS: dict[str, Callable[..., object]] = {
-    "inline": InlineExecutor,
-    "subprocess": SubprocessExecutor,
-    "local-gpus": _local_gpus_executor,  # one worker per visible GPU (local_gpus.py)
-    "slurm": _slurm_executor,  # job arrays through submitit (slurm.py)
-}
-
-
-def default_executor() -> str:
-    from lmreport.device import cuda_available
-    return "subprocess" if cuda_available() else "inline"
-
-
 # --- sweeps ---------------------------------------------------------------------------------
 
 
@@ -335,30 +231,44 @@ def filter_cells(cells: Iterable[Cell], filters: dict[str, list]) -> list[Cell]:
     return [c for c in cells if keep(c)]
 
 
-def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | object = "inline",
-              rerun: bool = False, progress: bool = True) -> SweepResult:
-    """Run the cells that have no ok record (all with rerun) through an executor (a name or an instance)."""
-    result = SweepResult()
-    todo = []
+def cells_to_run(cells: list[Cell], runs_dir: Path, run: str, rerun: bool = False
+                 ) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
+    """The skip rule: (cells to run with their record paths, cells skipped for their ok record).
+
+    Without `rerun`, a cell whose record is `ok` is not run again; any other record (oom,
+    error, skipped, unreadable) or none means it runs. Reads records only; writes nothing.
+    """
+    todo, cached = [], []
     for c in cells:
         path = store.record_path(runs_dir, run, c.section, c.name)
         if not rerun and store.is_ok(path):
-            result.counts["cached"] += 1
+            cached.append(c)
         else:
             todo.append((c, path))
+    return todo, cached
+
+
+def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | Launcher = "inline",
+              rerun: bool = False, progress: bool = True) -> SweepResult:
+    """Run the cells that have no ok record (all with rerun) through a launcher (a name or an instance)."""
+    result = SweepResult()
+    todo, cached = cells_to_run(cells, runs_dir, run, rerun)
+    if cached:
+        result.counts["cached"] += len(cached)
     if not todo:
         return result
-    ex = EXECUTORS[executor]() if isinstance(executor, str) else executor
-    from tqdm import tqdm
-    bar = tqdm(total=len(todo), desc=todo[0][0].section, unit="cell", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    if isinstance(executor, str):
+        from lmreport import launchers
+        executor = launchers.get(executor)
+    from lmreport.progress import Progress
+    bar = Progress(len(todo), todo[0][0].section, enabled=progress)
 
     skipped: Counter = Counter()  # reason -> cells: one line per reason, not per cell
 
     def finished(c: Cell, record: dict) -> None:
-        bar.update(1)
         result.counts[record["status"]] += 1
         result.records.append(record)
+        bar.update(1, postfix=c.name)
         if record["status"] == "skipped":
             skipped[record["error"] or "no reason given"] += 1
         elif record["status"] != "ok":
@@ -366,12 +276,7 @@ def run_sweep(cells: list[Cell], runs_dir: Path, run: str, executor: str | objec
 
     with _sigterm_as_interrupt():
         try:
-            if hasattr(ex, "run_many"):
-                result.counts.update(ex.run_many(todo, finished))
-            else:
-                for c, path in todo:
-                    bar.set_postfix_str(c.name, refresh=True)
-                    finished(c, ex.run(c, path))
+            result.counts.update(executor.run_many(todo, finished))
         finally:
             bar.close()
             for reason, n in skipped.items():
@@ -401,9 +306,9 @@ class _sigterm_as_interrupt:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """Entry of the subprocess executor: python -m lmreport.runner CELL_JSON RECORD_PATH."""
+    """Entry of the subprocess launcher's child: python -m lmreport.runner CELL_JSON RECORD_PATH [LAUNCH_JSON]."""
     c = Cell.from_json(argv[0])
-    record = execute_cell(c, Path(argv[1]))
+    record = execute_cell(c, Path(argv[1]), launch=json.loads(argv[2]) if len(argv) > 2 else {"launcher": "subprocess"})
     return 0 if record["status"] in ("ok", "skipped") else 1
 
 

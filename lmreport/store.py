@@ -43,13 +43,21 @@ def now_iso() -> str:
 
 def make_record(section: str, cell: str, config: dict, environment: dict, status: str,
                 metrics: dict | None = None, artifacts: dict | None = None, error: str | None = None,
-                started_at: str | None = None, duration_s: float = 0.0) -> dict:
+                started_at: str | None = None, duration_s: float = 0.0, launcher: str | None = None,
+                wall_s: float | None = None, timed_s: float | None = None) -> dict:
+    """A record. The run's cost, optional (records from before these keys, and ingested ones, lack them):
+    `launcher` (what ran the cell: inline, subprocess, worker, local-gpus, slurm), `wall_s` (from
+    launch to record, process start and imports included), `timed_s` (inside timed steps)."""
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {STATUSES}")
-    return {"schema": SCHEMA, "section": section, "cell": cell, "config": config,
-            "environment": environment, "status": status, "error": error,
-            "metrics": metrics or {}, "artifacts": artifacts or {},
-            "started_at": started_at or now_iso(), "duration_s": round(duration_s, 3)}
+    record = {"schema": SCHEMA, "section": section, "cell": cell, "config": config,
+              "environment": environment, "status": status, "error": error,
+              "metrics": metrics or {}, "artifacts": artifacts or {},
+              "started_at": started_at or now_iso(), "duration_s": round(duration_s, 3)}
+    for key, value in (("launcher", launcher), ("wall_s", wall_s), ("timed_s", timed_s)):
+        if value is not None:
+            record[key] = round(value, 3) if isinstance(value, float) else value
+    return record
 
 
 def write_record(path: Path, record: dict) -> Path:

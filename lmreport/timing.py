@@ -53,6 +53,30 @@ def nvtx_range(name: str):
         yield
 
 
+_timed_s = 0.0  # wall seconds this process spent in timed steps (warm-up and measured), all cells together
+_timed_depth = 0
+
+
+def timed_seconds() -> float:
+    """Wall seconds spent so far in this process inside `timed_work` (runner.execute_cell takes the
+    difference around a cell: the record's `timed_s`, the part of its wall time that is measurement)."""
+    return _timed_s
+
+
+@contextlib.contextmanager
+def timed_work():
+    """Count the wall time of this block as timed steps (nested blocks count once)."""
+    global _timed_s, _timed_depth
+    _timed_depth += 1
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _timed_depth -= 1
+        if _timed_depth == 0:
+            _timed_s += time.perf_counter() - t0
+
+
 def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int,
                name: str = "step") -> Stats:
     """Run `step` warmup times (NVTX "warmup"), then time `steps` calls (NVTX `name`) with a sync each."""
@@ -91,20 +115,21 @@ def time_phases(step: Callable[[Callable], object], device: str, warmup: int, st
     range `name` holding one range per phase; every phase ends with a device sync, so the
     phases add up to the step (up to the cost of the syncs).
     """
-    with nvtx_range("warmup"):
-        for _ in range(warmup):
-            step(untimed_phase)
-            synchronize(device)
-    totals: list[float] = []
-    phases: dict[str, list[float]] = {}
-    for _ in range(steps):
-        clock = _PhaseClock(device)
-        with nvtx_range(name):
-            synchronize(device)
-            t0 = time.perf_counter()
-            step(clock)
-            synchronize(device)
-            totals.append((time.perf_counter() - t0) * 1e3)
-        for k, v in clock.ms.items():
-            phases.setdefault(k, []).append(v)
+    with timed_work():
+        with nvtx_range("warmup"):
+            for _ in range(warmup):
+                step(untimed_phase)
+                synchronize(device)
+        totals: list[float] = []
+        phases: dict[str, list[float]] = {}
+        for _ in range(steps):
+            clock = _PhaseClock(device)
+            with nvtx_range(name):
+                synchronize(device)
+                t0 = time.perf_counter()
+                step(clock)
+                synchronize(device)
+                totals.append((time.perf_counter() - t0) * 1e3)
+            for k, v in clock.ms.items():
+                phases.setdefault(k, []).append(v)
     return {name: Stats.of(totals), **{k: Stats.of(v) for k, v in phases.items()}}

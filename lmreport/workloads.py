@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmreport import model_cache
 from lmreport.model import build_model
 from lmreport.optim import AdamW
 from lmreport.presets import WORKLOAD_PHASES as PHASES
@@ -83,8 +84,15 @@ def make_workload(cfg: ModelConfig, batch: int, ctx: int, mode: str, device: str
     if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(AUTOCAST_DTYPES)}")
     gen = torch.Generator().manual_seed(seed)
-    with torch.device(device):
-        model = build_model(cfg, context_length=max(ctx, cfg.context_length))
+    model_cfg = cfg.with_(context_length=max(ctx, cfg.context_length))  # RoPE sized for ctx
+
+    def build() -> nn.Module:
+        with torch.device(device):
+            return build_model(model_cfg)
+    # A worker process keeps the model for the next cell of the same key (model_cache.py); training and
+    # compiling take it, so those cells never hand on weights they changed or a module a compiler wrapped.
+    model = model_cache.model_for(model_cache.key(build_model, model_cfg, device), build,
+                                  take=mode == "train" or compile, device=device)
     if model.lm_head.weight.device.type != "meta":
         ids = torch.randint(cfg.vocab_size, (batch, ctx + 1), generator=gen)
     else:

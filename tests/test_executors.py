@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lmreport import local_gpus, runner, store
+from lmreport import runner, store
 from lmreport.cli import main
 from lmreport.errors import UserError
-from lmreport.local_gpus import LocalGpusExecutor
+from lmreport.launchers import local_gpus
+from lmreport.launchers.local_gpus import LocalGpusLauncher as LocalGpusExecutor
 from lmreport.presets import resolve
 
 PLAN = runner.Plan(*resolve("cpu", 2025, False))

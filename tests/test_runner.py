@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lmreport import runner, store
+from lmreport.launchers.process import SubprocessLauncher, WorkerProcess
 from lmreport.presets import resolve
 
 PLAN = runner.Plan(*resolve("cpu", 2025, False))
@@ -114,7 +115,7 @@ def test_killed_sweep_resumes_without_redoing_ok_cells(tmp_path, sig):
 def test_subprocess_executor_records_a_cell_that_raises(tmp_path):
     """The worker catches the cell's exception and writes the error record itself."""
     c = runner.cell(PLAN, "accounting", "check-nonexistent", model="nope", family="gpt2", batch=1, ctx=8)
-    r = runner.SubprocessExecutor(timeout_s=120).run(c, tmp_path / "r.json")
+    r = SubprocessLauncher(timeout_s=120).run(c, tmp_path / "r.json")
     assert r["status"] == "error" and "before writing a record" not in r["error"]
     assert store.read_record(tmp_path / "r.json")["status"] == "error"
 
@@ -142,7 +143,7 @@ def test_subprocess_executor_records_a_worker_that_dies_without_writing(tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     c = runner.cell(PLAN, "fake", "dies", last_words=last_words)
     record_file = tmp_path / "runs" / "fake" / "dies.json"
-    r = runner.SubprocessExecutor(timeout_s=120, env=env).run(c, record_file)
+    r = SubprocessLauncher(timeout_s=120, env=env).run(c, record_file)
     log = store.artifacts_dir(record_file) / "worker.log"
     assert r["status"] == status and f"worker exited with {-signal.SIGKILL} before writing a record" in r["error"]
     assert str(log) in r["error"] and r["artifacts"] == {"log": "worker.log"} and last_words in log.read_text()
@@ -153,13 +154,13 @@ def test_subprocess_executor_records_a_worker_that_dies_without_writing(tmp_path
 def test_a_dead_worker_on_a_gpu_machine_is_not_labelled_with_the_cpu(tmp_path, monkeypatch):
     """The parent does not initialise CUDA to name the GPU: the device is unknown, not "CPU: ..."."""
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: True)
-    worker = runner.WorkerProcess.__new__(runner.WorkerProcess)
+    worker = WorkerProcess.__new__(WorkerProcess)
     worker.env = {"CUDA_VISIBLE_DEVICES": "3"}
     env = worker._environment()
     assert env["device"] is None and env["device_type"] == "cuda" and env["cuda_visible_devices"] == "3"
 
 
-@pytest.mark.parametrize("executor", ["inline", "subprocess"])
+@pytest.mark.parametrize("executor", ["inline", "subprocess", "worker"])
 def test_a_cell_this_machine_cannot_run_keeps_its_ok_record(tmp_path, monkeypatch, executor):
     """`--rerun` on a machine without the GPU must not turn GPU results (made or copied here) into 'skipped'."""
     c = runner.cell(PLAN, "accounting", "gpu-result", requires="nsys", size="small")
@@ -168,7 +169,7 @@ def test_a_cell_this_machine_cannot_run_keeps_its_ok_record(tmp_path, monkeypatc
                            metrics={"kernel_total_ns": 123})
     store.write_record(record_file, ok)
     monkeypatch.setattr(runner, "missing_requirement", lambda requires: "needs a CUDA GPU")  # inline
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the subprocess worker finds no GPU, nor nsys
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the subprocess or worker process finds no GPU, nor nsys
     res = runner.run_sweep([c], tmp_path, PLAN.run, executor=executor, rerun=True, progress=False)
     kept = store.read_record(record_file)
     assert res.counts == {"ok": 1} and kept["status"] == "ok" and kept["metrics"] == {"kernel_total_ns": 123}

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from lmreport import runner, slurm, store
+from lmreport import runner, store
+from lmreport.launchers import slurm
 from lmreport.cli import main
 from lmreport.errors import UserError
 from lmreport.presets import resolve
 from lmreport.report import render as render_mod
 from lmreport.sections import get
-from lmreport.slurm import SlurmConfig, SubmititExecutor
+from lmreport.launchers.slurm import SlurmConfig
+from lmreport.launchers.slurm import SubmititLauncher as SubmititExecutor
 
 PLAN = runner.Plan(*resolve("cpu", 2025, False))
 FAST = ("check-small-ctx512", "check-gpt-2-xl-ctx1024")  # real accounting cells, about a second each on meta

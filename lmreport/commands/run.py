@@ -1,10 +1,13 @@
 """lmreport run SECTION|all: run a section's sweep, one record per cell.
 
-Executors: inline (this process), subprocess (a process per cell), local-gpus (a worker per
-visible GPU, in parallel) and slurm (a job array per section through submitit). With slurm,
+Executors (lmreport/launchers/): inline (this process), subprocess (a process per cell), worker
+(one long-lived process per section; the default with CUDA), local-gpus (a process per cell, one
+per visible GPU in parallel) and slurm (a job array per section through submitit). With slurm,
 every section is submitted first, then the command waits for all jobs with one progress bar
 (or returns at once with --no-wait; `lmreport status` follows the jobs, and rerunning the same
 command resubmits only what has no ok record and no job in flight, then waits again).
+With --dry-run it prints the cells it would run and an estimated wall time (lmreport/eta.py), and
+runs and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ SLURM_FLAGS = {"partition": "partition", "account": "account", "time": "time", "
 
 
 def register(sub) -> None:
-    from lmreport.runner import EXECUTORS
+    from lmreport.launchers import LAUNCHERS
     from lmreport.sections import all_sections
     p = sub.add_parser("run", help="run a section's experiments (or all) and write records")
     p.add_argument("section", help=f"one of: {', '.join(all_sections())}, or all")
     add_plan_arguments(p)
-    p.add_argument("--executor", choices=tuple(EXECUTORS),
-                   help="how cells run (default: subprocess with CUDA, inline without)")
+    p.add_argument("--executor", choices=tuple(LAUNCHERS),
+                   help="how cells run (default: worker with CUDA, inline without)")
     p.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cells that would run and an estimated wall time; run and write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for key in FILTER_KEYS:
         p.add_argument(f"--{key}", action="append", metavar=key.upper(), type=int if key == "ctx" else str,
@@ -66,16 +71,16 @@ def make_executor(args, executor: str):
         raise UserError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --executor slurm")
     if executor != "local-gpus" and args.workers is not None:
         raise UserError("--workers only applies to --executor local-gpus")
+    from lmreport import launchers
     if executor == "slurm":
-        from lmreport.slurm import SlurmConfig, SubmititExecutor
+        from lmreport.launchers.slurm import SlurmConfig
         if "time" in slurm_flags:
             slurm_flags["time"] = _time_flag(slurm_flags["time"])
         # Sections are all submitted first; the command waits once for all of them.
-        return SubmititExecutor(SlurmConfig.load(args.slurm_config, slurm_flags), wait=False)
+        return launchers.get("slurm", config=SlurmConfig.load(args.slurm_config, slurm_flags), wait=False)
     if executor == "local-gpus":
-        from lmreport.local_gpus import LocalGpusExecutor
-        return LocalGpusExecutor(workers=args.workers)
-    return executor
+        return launchers.get("local-gpus", workers=args.workers)
+    return launchers.get(executor)
 
 
 def _summary(counts: Counter) -> str:
@@ -89,20 +94,28 @@ def main(args) -> int:
     profile, edition = resolve_plan(args)
     plan = runner.Plan(profile, edition)
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
-    executor = args.executor or runner.default_executor()
+    from lmreport import launchers
+    executor = args.executor or launchers.default_name()
     ex = make_executor(args, executor)
     filters = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k)}
     planned = {name: get(name).experiment_module().cells(plan) for name in names}
     _check_filters(filters, planned, plan)
+    if args.dry_run:
+        from lmreport.commands._dry_run import print_plan
+        chosen = {name: runner.filter_cells(planned[name], filters) for name in names}
+        return print_plan(chosen, args.runs_dir, plan, executor, ex, rerun=args.rerun)
     failed = 0
     per_section: dict[str, Counter] = {}
     for name in names:
         cells = runner.filter_cells(planned[name], filters)
+        stats = Counter(getattr(ex, "stats", {}))  # the worker's processes, model builds, retries so far
         # With slurm, run_sweep only submits; the wait below has the progress bar.
         res = runner.run_sweep(cells, args.runs_dir, plan.run, executor=ex, rerun=args.rerun,
                                progress=not args.no_progress and executor != "slurm")
         per_section[name] = res.counts
-        print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}", file=sys.stderr)
+        used = Counter(getattr(ex, "stats", {})) - stats
+        print(f"{name}: {_summary(res.counts)} -> {args.runs_dir / plan.run / name}"
+              + (f" ({', '.join(f'{k}: {n}' for k, n in sorted(used.items()))})" if used else ""), file=sys.stderr)
         failed += res.counts["error"]
     if executor != "slurm":
         return 1 if failed else 0

@@ -2,7 +2,7 @@
 
 Per section: cells with an ok / oom / error / skipped record, cells whose Slurm (or local
 submitit) job is queued or running, and cells never run. States come from the records and the
-job folder runs/<run>/.slurm/ (see lmreport/slurm.py); a job found to have ended without writing
+job folder runs/<run>/.slurm/ (see lmreport/launchers/slurm.py); a job found to have ended without writing
 its record is recorded as `error` now, with its log's path, so that the writeup shows it and a
 rerun retries it.
 """
@@ -48,7 +48,7 @@ def section_cells(name: str, plan, run_dir: Path, jobs: dict) -> list[tuple[str,
 
 
 def main(args) -> int:
-    from lmreport import slurm
+    from lmreport.launchers import slurm
     from lmreport.runner import Plan
     from lmreport.sections import all_sections, get
 

@@ -47,7 +47,7 @@ from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.presets import AttentionGrid as Grid
 from lmreport.runner import Cell, Plan, cell
 from lmreport.saved_tensors import measure_saved_bytes, saved_by_node
-from lmreport.timing import time_phases, untimed_phase
+from lmreport.timing import time_phases, timed_work, untimed_phase
 
 SECTION = "attention"
 # VARIANTS, HANDOUT_GRID and CPU_GRID live in presets.py (the report reads them without torch).
@@ -86,8 +86,9 @@ def compiled_attention(dynamic: bool = True) -> Callable:
     """The model's attention under torch.compile, compiled once per process.
 
     With dynamic shapes (B, T and d symbolic) one compilation serves every (d, T) of a sweep
-    run in one process (the inline executor, the default without CUDA); cells that run in
-    processes of their own (the default with CUDA) find the same graph in Inductor's on-disk
+    run in one process (the inline executor, the default without CUDA); cells that run in processes
+    of their own (subprocess, local-gpus, Slurm), or in the worker executor, which empties Dynamo's
+    caches before each cell (launchers/worker.py), find the same graph in Inductor's on-disk
     FX graph cache instead of compiling it again, which static shapes would defeat (one graph
     per shape).
     """
@@ -237,11 +238,12 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
 
         # First pass alone: for "compiled" it is the compilation (none when this process has
         # already compiled the function for these shapes).
-        synchronize(device)
-        t0 = time.perf_counter()
-        step(untimed_phase)
-        synchronize(device)
-        metrics["first_pass_s"] = time.perf_counter() - t0
+        with timed_work():
+            synchronize(device)
+            t0 = time.perf_counter()
+            step(untimed_phase)
+            synchronize(device)
+            metrics["first_pass_s"] = time.perf_counter() - t0
         if variant == "compiled":
             from torch._dynamo.utils import counters
             metrics["compile_dynamic"] = dynamic

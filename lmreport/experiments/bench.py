@@ -63,15 +63,18 @@ def cells(plan: Plan) -> list[Cell]:
     sizes = list(prof.models(ed))
     contexts = prof.bench_contexts(ed)
 
-    def step_cell(name, size, ctx, mode, dtype, compiled, warmup):
-        return cell(plan, SECTION, name, requires, experiment="step", device=device, size=size, ctx=ctx,
-                    batch=ed.batch_size, mode=mode, dtype=dtype, compiled=compiled, warmup=warmup,
+    def step_cell(name, size, ctx, mode, dtype, compiled, warmup, fresh_process=False):
+        return cell(plan, SECTION, name, requires, fresh_process, experiment="step", device=device, size=size,
+                    ctx=ctx, batch=ed.batch_size, mode=mode, dtype=dtype, compiled=compiled, warmup=warmup,
                     steps=prof.measure_steps)
 
     out = [cell(plan, SECTION, matmul_cell_name(device, dt), requires, experiment="matmul", device=device,
                 dtype=dt, n=MATMUL_N[device]) for dt in prof.bench_dtypes]
     ablation_ctx = min(contexts)
-    out += [step_cell(cell_name(s, ablation_ctx, m, "fp32", warmup=w), s, ablation_ctx, m, "fp32", False, w)
+    # Without warm-up the measured steps are the cold start itself, so those ablation cells start a clean
+    # process under the worker launcher too (with warm-up, the costs land in untimed steps either way).
+    out += [step_cell(cell_name(s, ablation_ctx, m, "fp32", warmup=w), s, ablation_ctx, m, "fp32", False, w,
+                      fresh_process=w == 0)
             for s in sizes for m in prof.bench_modes for w in prof.warmup_ablation]
     out += [step_cell(cell_name(s, t, m, dt), s, t, m, dt, False, prof.warmup_steps)
             for s in sizes for t in contexts for m in prof.bench_modes for dt in prof.bench_dtypes]
@@ -99,9 +102,11 @@ def measure_matmul(device: str, dtype: str, n: int, min_run_time_s: float = 1.0)
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dt, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dt, generator=gen)
-    a @ b  # first call: library initialisation, not part of the rate
-    m = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time_s)
+    from lmreport.timing import timed_work
+    with timed_work():  # the record's timed_s
+        a @ b  # first call: library initialisation, not part of the rate
+        m = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads()).blocked_autorange(
+            min_run_time=min_run_time_s)
     flops = 2 * n**3
     # The peak is the best block: on a shared machine a slow block measures the neighbours'
     # load, not the hardware; the median is kept beside it.
@@ -150,7 +155,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
     import torch
 
     from lmreport.device import synchronize
-    from lmreport.timing import nvtx_range, time_phases
+    from lmreport.timing import nvtx_range, time_phases, timed_work
     from lmreport.workloads import make_workload
 
     device, mode, dtype = config["device"], config["mode"], config["dtype"]
@@ -163,7 +168,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
         first_ms = None
         warmup = config["warmup"]
         if warmup >= 1:  # the first warm-up step, timed on its own (compilation happens here)
-            with nvtx_range("warmup"):
+            with timed_work(), nvtx_range("warmup"):
                 synchronize(device)
                 t0 = time.perf_counter()
                 w.step()

@@ -53,8 +53,10 @@ def cells(plan: Plan) -> list[Cell]:
     size, batch = ed.memory_model, ed.batch_size
 
     def step_cell(source, size, ctx, mode, dtype, requires="any"):
-        # a training step after warm-up; a forward pass for inference (what a measured cell records)
-        return cell(plan, SECTION, cell_name(source, size, ctx, mode, dtype), requires=requires, size=size, ctx=ctx,
+        # a training step after warm-up; a forward pass for inference (what a measured cell records).
+        # A snapshot is one step of a clean process: the worker launcher gives measured cells a process of their own.
+        return cell(plan, SECTION, cell_name(source, size, ctx, mode, dtype), requires=requires,
+                    fresh_process=source == "measured", size=size, ctx=ctx,
                     batch=batch, mode=mode, dtype=dtype, source=source, step="steady" if mode == "train" else None,
                     grad=False if mode == "forward" else None)
 

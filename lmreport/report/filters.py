@@ -75,3 +75,14 @@ def and_join(items) -> str:
 
 FILTERS = {"num": num, "sci": sci, "sig": sig, "pct": pct, "mib": mib, "gib": gib, "gb": gb, "ms": ms,
            "and_join": and_join}
+
+
+def clock(seconds) -> str:
+    """A duration as a clock reads: 42 -> '0:42', 3723 -> '1:02:03'."""
+    from lmreport.progress import clock_text
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "–"
+    return clock_text(seconds)
+
+
+FILTERS["clock"] = clock

@@ -111,7 +111,10 @@ def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pd
     meta = title_facts(edition, profile, records)
     env = jinja_env()
     render_bodies(env, sections, meta=meta, edition=edition, profile=profile)
-    text = env.get_template("writeup.md.j2").render(meta=meta, sections=sections, edition=edition, profile=profile)
+    from lmreport.report.run_cost import run_cost
+    cost = run_cost(records, [(s["name"], s["title"]) for s in sections])
+    text = env.get_template("writeup.md.j2").render(meta=meta, sections=sections, edition=edition, profile=profile,
+                                                    run_cost=cost)
     md = out_dir / "writeup.md"
     md.write_text(text)
     pdf_path = None

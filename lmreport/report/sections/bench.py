@@ -330,6 +330,8 @@ def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict |
             "figure": ablation_figure(view, groups),
             "figure_size": next((g["size"] for g in reversed(groups) if any(e["ok"] for e in g["by_warmup"])), None),
             "all_fresh": all(r["first_cell_in_process"] for r in rows if r["ok"]),
+            # the worker launcher runs the cells without warm-up in fresh processes (their steps are the cold start)
+            "cold_fresh": bool(cold) and all(e["row"]["first_cell_in_process"] for _, e in cold),
             "fresh_cells": [r["cell"] for r in fresh],
             "provenance": view.provenance([r["record"] for r in rows])["line"]}
 

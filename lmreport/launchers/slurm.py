@@ -55,12 +55,10 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 try:
     import tomllib
@@ -69,6 +67,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
+from lmreport.launchers import Finished, Launcher
 from lmreport.runner import Cell
 
 CONFIG_FILE = "lmreport-slurm.toml"
@@ -307,7 +306,7 @@ def _mtime_ns(path: Path) -> int | None:
 def run_cell_job(cell_json: str, record_file: str) -> str:
     """What each job runs on its node: one cell, its record written by execute_cell."""
     from lmreport.runner import execute_cell
-    return execute_cell(Cell.from_json(cell_json), Path(record_file))["status"]
+    return execute_cell(Cell.from_json(cell_json), Path(record_file), launch={"launcher": "slurm"})["status"]
 
 
 def submit(todo: list[tuple[Cell, Path]], settings: SlurmSettings, run_dir: Path) -> tuple[list[JobEntry], list]:
@@ -471,12 +470,12 @@ def record_failure(run_dir: Path, entry: JobEntry, word: str, node: str | None, 
                    why: str = "without writing its record") -> dict:
     """The job ended without writing its record: record that as error (or oom) with its log."""
     from submitit.core.utils import JobPaths
-    from lmreport.runner import _log_mentions_oom
+    from lmreport.launchers.process import log_mentions_oom
     paths = JobPaths(job_folder(run_dir), entry.job_id)
     record_file = Path(run_dir) / entry.record
     log = paths.stderr if paths.stderr.exists() else paths.stdout
     oom = (word == "OUT_OF_MEMORY" or "out of memory" in (trace or "").lower()
-           or _log_mentions_oom(paths.stderr) or _log_mentions_oom(paths.stdout))
+           or log_mentions_oom(paths.stderr) or log_mentions_oom(paths.stdout))
     trace_lines = [ln.strip() for ln in (trace or "").splitlines() if ln.strip()]
     last = trace_lines[-1][:300] if trace_lines else (_last_line(paths.stderr) or _last_line(paths.stdout))
     error = (f"{entry.cluster} job {entry.job_id} ended ({word}) {why}; log: {_shown(log)}"
@@ -486,7 +485,7 @@ def record_failure(run_dir: Path, entry: JobEntry, word: str, node: str | None, 
            "slurm_job": entry.job_id if entry.cluster == "slurm" else None}
     log_rel = os.path.relpath(log, store.artifacts_dir(record_file).resolve())
     record = store.make_record(c.section, c.name, c.config, env, "oom" if oom else "error", error=error,
-                               artifacts={"log": log_rel}, started_at=entry.submitted_at)
+                               artifacts={"log": log_rel}, started_at=entry.submitted_at, launcher="slurm")
     store.write_record(record_file, record)
     record["_path"] = str(record_file)
     return record
@@ -565,7 +564,7 @@ def cell_states(run_dir: Path, cells: list[tuple[str, str]], watcher: JobWatcher
 # --- the executor -----------------------------------------------------------------------------------
 
 
-class SubmititExecutor:
+class SubmititLauncher(Launcher):
     """Submits each section's cells as a job array; waits (progress bar) or leaves them to `lmreport status`."""
 
     name = "slurm"
@@ -578,7 +577,7 @@ class SubmititExecutor:
         self.watcher = JobWatcher(sacct_every_s, record_grace_s)
         self.pending: list[tuple[Path, JobEntry]] = []  # submitted or found in flight, not yet collected
 
-    def run_many(self, todo: list[tuple[Cell, Path]], finished: Callable[[Cell, dict], None]) -> Counter:
+    def run_many(self, todo: list[tuple[Cell, Path]], finished: Finished) -> Counter:
         counts: Counter = Counter()
         by_run: dict[Path, list[tuple[Cell, Path]]] = {}
         for c, path in todo:  # record path = runs/<run>/<section>/<cell>.json
@@ -612,14 +611,13 @@ class SubmititExecutor:
             return Counter()  # finished() counted every cell
         return counts
 
-    def wait(self, finished: Callable[[Cell, dict], None] | None = None, progress: bool = True) -> list[dict]:
+    def wait(self, finished: Finished | None = None, progress: bool = True) -> list[dict]:
         """Until every pending cell has a record; returns the records (Ctrl-C leaves the jobs running)."""
-        from tqdm import tqdm
+        from lmreport.progress import Progress
         remaining = list(self.pending)
         local = all(e.cluster == "local" for _, e in remaining)
         poll_s = self.poll_s if self.poll_s is not None else (0.5 if local else 15.0)
-        bar = tqdm(total=len(remaining), desc="jobs", unit="cell", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = Progress(len(remaining), "jobs", enabled=progress)
         records = []
         try:
             while remaining:
@@ -638,7 +636,7 @@ class SubmititExecutor:
                     elif st.state != "ok":
                         bar.write(f"  {st.section}/{st.cell}: {st.state}" + (f" ({st.detail})" if st.detail else ""))
                 remaining = still
-                bar.set_postfix_str(", ".join(f"{n} {k}" for k, n in sorted(phases.items())), refresh=True)
+                bar.set_postfix(", ".join(f"{n} {k}" for k, n in sorted(phases.items())))
                 if remaining:
                     time.sleep(poll_s)
         finally:

@@ -1,7 +1,7 @@
 """`--executor local-gpus`: one worker process per visible GPU, cells spread over them.
 
-Each worker is the subprocess executor's child (`python -m lmreport.runner CELL RECORD`, see
-runner.WorkerProcess) started with CUDA_VISIBLE_DEVICES set to one GPU, so the cell sees that
+Each worker is the subprocess launcher's child (`python -m lmreport.runner CELL RECORD`, see
+process.WorkerProcess) started with CUDA_VISIBLE_DEVICES set to one GPU, so the cell sees that
 GPU as `cuda:0` and no other. Two cells never share a GPU: timings and memory peaks stay those
 of a lone cell. The record's environment keeps CUDA_VISIBLE_DEVICES, so the report can tell
 which of the host's GPUs produced a number.
@@ -17,10 +17,11 @@ import os
 import time
 from collections import Counter, deque
 from pathlib import Path
-from typing import Callable
 
 from lmreport.errors import UserError
-from lmreport.runner import Cell, WorkerProcess
+from lmreport.launchers import Finished, Launcher
+from lmreport.launchers.process import WorkerProcess
+from lmreport.runner import Cell
 
 POLL_S = 0.05  # how often finished workers are collected; cells take seconds to hours
 
@@ -44,7 +45,7 @@ def visible_gpus() -> list[str]:
     return [g.strip() for g in listed.split(",") if g.strip()][:count]
 
 
-class LocalGpusExecutor:
+class LocalGpusLauncher(Launcher):
     name = "local-gpus"
 
     def __init__(self, workers: int | None = None, gpus: list[str] | None = None, timeout_s: float | None = None):
@@ -68,12 +69,7 @@ class LocalGpusExecutor:
             return None
         return {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
 
-    def run(self, c: Cell, record_file: Path) -> dict:
-        out = []
-        self.run_many([(c, record_file)], lambda _c, record: out.append(record))
-        return out[0]
-
-    def run_many(self, todo: list[tuple[Cell, Path]], finished: Callable[[Cell, dict], None]) -> Counter:
+    def run_many(self, todo: list[tuple[Cell, Path]], finished: Finished) -> Counter:
         pending = deque(todo)
         free = list(self.slots)
         running: list[tuple[WorkerProcess, str | None, float]] = []
@@ -82,7 +78,7 @@ class LocalGpusExecutor:
                 while pending and free:
                     c, path = pending.popleft()
                     gpu = free.pop(0)
-                    running.append((WorkerProcess(c, path, env=self._env(gpu)), gpu, time.monotonic()))
+                    running.append((WorkerProcess(c, path, env=self._env(gpu), launcher=self.name), gpu, time.monotonic()))
                 for item in list(running):
                     worker, gpu, t0 = item
                     if worker.done():

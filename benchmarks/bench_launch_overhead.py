@@ -1,0 +1,89 @@
+"""Benchmark: per-cell overhead of the inline, subprocess and worker launchers on this machine (issue 13).
+
+The same bench cells (cpu profile, size tiny, contexts 64 and 128, forward / forward+backward /
+training step, fp32 and bf16: 12 cells of 2 warm-up and 5 measured steps) run through each
+launcher into a temporary runs folder. Per launcher: the sweep's wall time measured here (around
+runner.run_sweep: process starts, imports, CUDA set-up on a GPU, teardown included), the time
+inside the timed steps (the records' `timed_s`), and the overhead per cell, (wall - timed) / cells.
+The launch cost of a fresh process is the subprocess launcher's overhead per cell minus inline's.
+
+Target: the worker's overhead per cell at most half the subprocess launcher's. Prints measured
+against target and PASS/FAIL; exits non-zero on a miss. (A shared or busy machine makes every
+number noisier; run it on a quiet one.)
+
+    .venv/bin/python benchmarks/bench_launch_overhead.py [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LAUNCHERS = ("inline", "subprocess", "worker")
+TARGET_RATIO = 0.5  # worker overhead per cell / subprocess overhead per cell
+
+
+def cells():
+    from lmreport import runner
+    from lmreport.experiments import bench
+    from lmreport.presets import resolve
+    plan = runner.Plan(*resolve("cpu", 2025, False))
+    prof = dataclasses.replace(plan.profile, sizes=("tiny",), warmup_ablation=(), compile_sizes=())
+    out = [c for c in bench.cells(runner.Plan(prof, plan.edition)) if c.config.get("experiment") == "step"
+           and not c.config["compiled"]]
+    return plan, out
+
+
+def measure() -> dict[str, dict]:
+    """{launcher: {cells, wall_s, timed_s, duration_s, overhead_per_cell_s, launch_per_cell_s}}."""
+    from lmreport import launchers, runner, store
+    plan, todo = cells()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)  # warm the file cache for every launcher alike
+    results = {}
+    for name in LAUNCHERS:
+        with tempfile.TemporaryDirectory() as runs:
+            t0 = time.perf_counter()
+            res = runner.run_sweep(todo, Path(runs), plan.run, executor=launchers.get(name), progress=False)
+            wall = time.perf_counter() - t0
+            if res.counts != {"ok": len(todo)}:
+                sys.exit(f"{name}: not every cell ran ok: {dict(res.counts)}")
+            records = [store.read_record(store.record_path(Path(runs), plan.run, c.section, c.name)) for c in todo]
+        timed = sum(r.get("timed_s") or 0.0 for r in records)
+        duration = sum(r["duration_s"] for r in records)
+        results[name] = {"cells": len(todo), "wall_s": wall, "timed_s": timed, "duration_s": duration,
+                         "overhead_per_cell_s": (wall - timed) / len(todo),
+                         "launch_per_cell_s": (wall - duration) / len(todo)}
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print the measurements as JSON as well")
+    args = ap.parse_args()
+    r = measure()
+    print(f"{'launcher':<11} {'cells':>5} {'wall s':>8} {'timed s':>8} {'overhead/cell s':>16} {'outside cell/cell s':>20}")
+    for name, m in r.items():
+        print(f"{name:<11} {m['cells']:>5} {m['wall_s']:>8.1f} {m['timed_s']:>8.1f} {m['overhead_per_cell_s']:>16.2f} "
+              f"{m['launch_per_cell_s']:>20.2f}")
+    process_s = r["subprocess"]["overhead_per_cell_s"] - r["inline"]["overhead_per_cell_s"]
+    print(f"a fresh process costs {process_s:.2f} s per cell here (subprocess minus inline overhead per cell)")
+    ratio = r["worker"]["overhead_per_cell_s"] / r["subprocess"]["overhead_per_cell_s"]
+    ok = ratio <= TARGET_RATIO
+    print(f"{'PASS' if ok else 'FAIL'}  worker overhead per cell <= {TARGET_RATIO:.0%} of subprocess's: "
+          f"{r['worker']['overhead_per_cell_s']:.2f} s vs {r['subprocess']['overhead_per_cell_s']:.2f} s ({ratio:.0%})")
+    if args.json:
+        print(json.dumps(r))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""How long the cells a run would launch take, before running any (`lmreport run ... --dry-run`).
+
+A cell's time is its work plus what launching it costs:
+
+- work: the `duration_s` of an earlier record of the same cell where one exists (same run, any
+  status: an OOM takes about as long again); otherwise a cost model: the FLOPs the cell executes
+  (accounting.py's formulas times its step count) at the device's rate, plus a fixed in-cell cost
+  (model build, data, writing the record) and the known fixed parts of some cells (a matmul
+  cell's minimum measuring time, a torch.compile, an nsys profile and its exports); an attention
+  cell takes what a record of the same shape as another variant took;
+- the rate: the device's peak times an MFU. The peak is this run's matmul cell where the bench
+  section has measured one (the rate the bench chapter's MFU is relative to on a CPU), else the
+  datasheet peak (peaks.py) of the GPU the records name, of the GPU here, or of an assumed one;
+  the MFU is the median `mfu` of this run's step records of that precision and the same size and
+  mode (else the size, else all sizes: small models reach a smaller MFU), else an assumed one;
+- launching: a fresh process pays its start (Python, `import torch`) and, for a CUDA cell, the
+  CUDA set-up (context, cuBLAS, first kernels); inline pays nothing per cell, a worker once per
+  section and once per fresh-process cell, the others once per cell.
+
+Every assumption is printed with the estimate (`Estimate.notes`). Reads records, writes nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from lmreport.presets import model_of
+
+# Assumptions, used only where records say nothing better.
+ASSUMED_GPU = "NVIDIA H100 80GB HBM3"  # the course's GPU (2026 handout); datasheet peaks in peaks.py
+# The medians of the H200 bench records at context 512 (../shared/samples/h200: fp32 0.31-0.66, bf16 0.02-0.23;
+# bf16 steps of these sizes are far from the tensor-core peak).
+ASSUMED_MFU = {"fp32": 0.5, "bf16": 0.07}
+ASSUMED_CPU_TFLOPS = 0.05  # a few-core CPU's fp32 matmul rate, when no matmul-cpu record exists
+# What a fresh process adds to a cell (python, `import torch`, lmreport, the first steps' cold costs, teardown):
+# benchmarks/bench_launch_overhead.py on this project's 2-core CPU machine (README "Launch overhead"); a
+# GPU host's faster CPU pays less.
+PROCESS_START_S = 5.6
+# The first CUDA work of a process: context, cuBLAS handle, lazily loaded kernels. H200 records
+# (../shared/samples/h200): small-ctx512-forward-fp32, the first cell of its process, took 5.8 s
+# against 0.55 s for its bf16 twin; small-ctx128-forward-fp32-warmup0 5.1 s against 0.31 s (warmup1).
+CUDA_SETUP_S = 5.0
+PER_CELL_S = 0.5  # in-cell work outside the FLOP model: model build, batch, record (small on a GPU)
+COMPILE_S = 40.0  # torch.compile of the whole model, per compiled cell (assumed)
+NSYS_S = 40.0  # `nsys profile` start-up and the `nsys stats` exports, per nsys cell (assumed)
+MEMORY_SNAPSHOT_S = 10.0  # a measured memory cell: dump, replay, viewer (H200 records: 14-20 s in all)
+MEASURED_MEMORY_STEPS = 3  # experiments/memory.py: WARMUP_STEPS (2) + the recorded step
+
+
+@dataclass
+class CellEstimate:
+    section: str
+    cell: str
+    work_s: float
+    source: str  # "record" or "model"
+    cuda: bool
+    fresh_process: bool
+
+
+@dataclass
+class Estimate:
+    """Per section: the cells to run and their estimates; launch overhead per section; notes."""
+
+    cells: dict[str, list[CellEstimate]] = field(default_factory=dict)
+    launch_s: dict[str, float] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)  # fresh processes each section starts
+    notes: list[str] = field(default_factory=list)
+
+    def section_s(self, name: str) -> float:
+        return sum(c.work_s for c in self.cells.get(name, [])) + self.launch_s.get(name, 0.0)
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.section_s(n) for n in self.cells)
+
+
+class Rates:
+    """TFLOP/s per (device type, precision), each with the sentence that says where it comes from."""
+
+    def __init__(self, records: list[dict], gpu_name: str | None = None, mfu: float | None = None):
+        self.records = records
+        self.gpu_name, self.gpu_source = self._gpu(gpu_name)
+        self.mfu_override = mfu
+        self.used: dict[tuple[str, str], str] = {}
+
+    def _gpu(self, gpu_name: str | None) -> tuple[str, str]:
+        if gpu_name:
+            return gpu_name, "given"
+        named = sorted({(r.get("environment") or {}).get("device") for r in self.records
+                        if (r.get("environment") or {}).get("device_type") == "cuda"} - {None})
+        if named:
+            return named[-1], "named by this run's records"
+        from lmreport.device import cuda_available
+        if cuda_available():
+            import torch
+            return torch.cuda.get_device_name(0), "this machine's GPU"
+        return ASSUMED_GPU, "assumed: no GPU here and no CUDA record in this run"
+
+    def _measured_peak(self, device: str, precision: str) -> float | None:
+        for r in self.records:
+            if (r["section"] == "bench" and r["status"] == "ok" and r["config"].get("experiment") == "matmul"
+                    and r["config"].get("device") == device and r["config"].get("dtype") == precision):
+                return r["metrics"].get("tflops")
+        return None
+
+    def other_variant_s(self, c) -> float | None:
+        """duration_s of this run's ok record of the same attention shape as another variant, if any."""
+        k = c.config
+        for r in self.records:
+            rk = r["config"]
+            if (r["section"] == c.section and r["status"] == "ok" and rk.get("source") == "measured"
+                    and all(rk.get(x) == k.get(x) for x in ("d", "seq_len", "batch", "warmup", "passes"))):
+                return float(r["duration_s"])
+        return None
+
+    def _median_mfu(self, device: str, precision: str, size: str | None, mode: str | None) -> tuple[float, str] | None:
+        """The median MFU of this run's eager step records of the closest kind: the same size and mode,
+        else the same size, else any size (MFU grows with size: small models are launch-bound)."""
+        steps = [r for r in self.records
+                 if r["section"] == "bench" and r["status"] == "ok" and r["config"].get("device") == device
+                 and r["config"].get("dtype") == precision and not r["config"].get("compiled")
+                 and isinstance(r["metrics"].get("mfu"), (int, float))]
+        for keys, what in ((("size", "mode"), "same size and mode"), (("size",), "same size"), ((), "all sizes")):
+            want = {"size": size, "mode": mode}
+            if any(want[k] is None for k in keys):
+                continue
+            values = [r["metrics"]["mfu"] for r in steps if all(r["config"].get(k) == want[k] for k in keys)]
+            if values:
+                return statistics.median(values), what
+        return None
+
+    def tflops(self, device: str, precision: str, size: str | None = None, mode: str | None = None) -> float:
+        from lmreport import peaks
+        precision = "bf16" if precision in ("bf16", "fp16") else "fp32"
+        measured = self._measured_peak(device, precision)
+        if measured:
+            peak, where = measured, f"this run's matmul-{device}-{precision} record ({measured:.3g} TFLOP/s)"
+        elif device == "cuda":
+            peak, src = peaks.peak_tflops(self.gpu_name, peaks.matmul_precision(precision))
+            if peak is None:
+                peak, src = peaks.peak_tflops(ASSUMED_GPU, peaks.matmul_precision(precision))
+                where = f"{ASSUMED_GPU} datasheet (assumed: {self.gpu_name} has no peak entry)"
+            else:
+                where = f"{self.gpu_name} ({self.gpu_source}) datasheet {precision} peak {peak:g} TFLOP/s"
+        else:
+            peak, where = ASSUMED_CPU_TFLOPS, f"{ASSUMED_CPU_TFLOPS:g} TFLOP/s (assumed: no matmul-cpu record)"
+        mfu, mfu_where = self.mfu_override, f"{self.mfu_override} (given)"
+        if mfu is None:
+            found = self._median_mfu(device, precision, size, mode)
+            if found is not None:
+                mfu, mfu_where = found[0], ("from this run's step records (median of the same size and mode, "
+                                            "else of the size, else of all)")
+            else:
+                mfu = ASSUMED_MFU[precision]
+                mfu_where = f"{mfu} (assumed: about the median of real H200 records at context 512)"
+        self.used[(device, precision)] = f"{device} {precision}: {where} × MFU {mfu_where}"
+        return peak * mfu
+
+
+def attention_pass_flops(batch: int, seq_len: int, d: int) -> int:
+    """One forward + backward of naive attention on (B, T, d): QKᵀ and PV are 2·B·T²·d FLOPs each
+    forward, and backward costs twice the forward (two matmuls per forward matmul)."""
+    forward = 2 * (2 * batch * seq_len * seq_len * d)
+    return 3 * forward
+
+
+def cell_work_model(c, rates: Rates) -> float:
+    """Seconds of one cell by the cost model (FLOPs at the rate, plus fixed costs)."""
+    k = c.config
+    device = k.get("device") or ("cuda" if c.requires in ("cuda", "nsys") else "cpu")
+    precision = k.get("dtype") or "fp32"
+    seconds = PER_CELL_S
+    if k.get("experiment") == "matmul":
+        from lmreport.experiments.bench import MATMUL_MIN_RUN_TIME_S
+        return seconds + MATMUL_MIN_RUN_TIME_S + 2 * k["n"] ** 3 / (rates.tflops(device, precision) * 1e12)
+    if {"size", "ctx", "batch", "mode"} <= k.keys() and k.get("source") in (None, "measured"):
+        from lmreport.experiments.bench import step_flops
+        flops, _ = step_flops(model_of(k), k["batch"], k["ctx"], k["mode"])
+        if "steps" in k:
+            steps = (k.get("warmup") or 0) + k["steps"]
+        else:  # a measured memory cell: its warm-up steps and the recorded one
+            steps = MEASURED_MEMORY_STEPS
+            seconds += MEMORY_SNAPSHOT_S
+        seconds += steps * flops / (rates.tflops(device, precision, k["size"], k["mode"]) * 1e12)
+        seconds += COMPILE_S if k.get("compiled") else 0.0
+        seconds += NSYS_S if c.requires == "nsys" else 0.0
+        return seconds
+    if {"seq_len", "d", "batch"} <= k.keys() and k.get("source") == "measured":
+        twin = rates.other_variant_s(c)
+        if twin is not None:  # the same (d, T) timed as another variant: the same passes over the same shapes
+            return twin
+        passes = k.get("warmup", 0) + 2 * k.get("passes", 0) + 2  # first pass, warm-up, timed, memory pass
+        seconds += passes * attention_pass_flops(k["batch"], k["seq_len"], k["d"]) / (
+            rates.tflops(device, precision) * 1e12)
+        return seconds
+    return seconds
+
+
+def _cell_uses_cuda(c) -> bool:
+    return c.requires in ("cuda", "nsys") or c.config.get("device") == "cuda"
+
+
+def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers: int = 1,
+             gpu_name: str | None = None, mfu: float | None = None) -> Estimate:
+    """The estimate for {section: cells to run}, launched by `launcher` ("inline", "worker", ...)."""
+    rates = Rates(records, gpu_name, mfu)
+    by_cell = {(r["section"], r["cell"]): r for r in records}
+    est = Estimate()
+    cuda_set_up = False
+    for section, cells in todo.items():
+        out = []
+        for c in cells:
+            r = by_cell.get((c.section, c.name))
+            if r is not None and r.get("duration_s"):
+                out.append(CellEstimate(c.section, c.name, float(r["duration_s"]), "record", _cell_uses_cuda(c),
+                                        c.fresh_process))
+            else:
+                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates), "model", _cell_uses_cuda(c),
+                                        c.fresh_process))
+        est.cells[section] = out
+        est.processes[section], est.launch_s[section] = launch_cost(out, launcher)
+        if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
+            est.launch_s[section] += CUDA_SETUP_S  # this process's first CUDA cell
+            cuda_set_up = True
+    if launcher == "local-gpus" and workers > 1:
+        for section in est.cells:  # cells spread over the GPUs: the section's wall time divides
+            for ce in est.cells[section]:
+                ce.work_s /= workers
+            est.launch_s[section] /= workers
+        est.notes.append(f"local-gpus: {workers} workers in parallel, times divided by {workers}")
+    est.notes += list(rates.used.values())
+    if any(ce.source == "model" for cells in est.cells.values() for ce in cells):
+        est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
+                         f"{NSYS_S:g} s per cell (assumed)")
+    slurm = "; Slurm queue time not included" if launcher == "slurm" else ""
+    est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
+                     f"CUDA set-up in its first CUDA cell (H200 records){slurm}")
+    return est
+
+
+def launch_cost(cells: list[CellEstimate], launcher: str) -> tuple[int, float]:
+    """(fresh processes started, their seconds) for one section's cells under `launcher`."""
+    def process_s(cuda: bool) -> float:
+        return PROCESS_START_S + (CUDA_SETUP_S if cuda else 0.0)
+    if not cells or launcher == "inline":
+        return 0, 0.0
+    if launcher == "worker":
+        fresh = [c for c in cells if c.fresh_process]
+        shared = [c for c in cells if not c.fresh_process]
+        n = len(fresh) + (1 if shared else 0)  # one worker per section (more only after an OOM/CUDA error)
+        return n, sum(process_s(c.cuda) for c in fresh) + (process_s(any(c.cuda for c in shared)) if shared else 0.0)
+    return len(cells), sum(process_s(c.cuda) for c in cells)

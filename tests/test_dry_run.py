@@ -1,0 +1,85 @@
+"""`lmreport run ... --dry-run`: the plan and an ETA (from records where they exist, a cost model where not); nothing runs or is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmreport import eta, runner, store
+from lmreport.cli import main
+from lmreport.experiments import bench
+from lmreport.presets import model_of, resolve
+
+PLAN = runner.Plan(*resolve("cpu", 2025, False))
+HANDOUT = runner.Plan(*resolve("handout-2025", None, False))
+
+
+def tree(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    ran = []
+    monkeypatch.setattr(runner, "execute_cell", lambda *a, **k: ran.append(a))
+    assert main(["run", "all", "--profile", "cpu", "--runs-dir", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert not runs.exists() and not ran
+    lines = out.splitlines()
+    assert lines[0].startswith("dry run (nothing runs, nothing is written): profile cpu, edition 2025, executor inline")
+    total = next(ln for ln in lines if ln.startswith("total"))
+    n_cells = sum(len(s.experiment_module().cells(PLAN)) for s in __import__("lmreport.sections", fromlist=["x"]).all_sections().values())
+    assert total.split()[1] == str(n_cells)
+    assert any(ln.startswith("bench ") for ln in lines) and "  bench: matmul-cpu-fp32, matmul-cpu-bf16, " in out
+    assert "estimated from:" in out and "(assumed" in out  # no records: the cost model, its assumptions named
+
+    # With records: ok cells are not planned again, and an earlier (failed) record's duration is the estimate.
+    cells = bench.cells(PLAN)
+    store.write_record(store.record_path(runs, PLAN.run, "bench", cells[0].name),
+                       store.make_record("bench", cells[0].name, cells[0].config, {}, "ok", duration_s=2.0))
+    store.write_record(store.record_path(runs, PLAN.run, "bench", cells[1].name),
+                       store.make_record("bench", cells[1].name, cells[1].config, {}, "error", duration_s=300.0))
+    before = tree(runs)
+    assert main(["run", "bench", "--profile", "cpu", "--runs-dir", str(runs), "--dry-run", "--executor", "worker"]) == 0
+    out = capsys.readouterr().out
+    assert tree(runs) == before and not ran
+    row = next(ln for ln in out.splitlines() if ln.startswith("bench ")).split()
+    # to run, ok kept, by record, by model, processes (one worker + the fresh-process cells)
+    fresh = sum(c.fresh_process for c in cells[1:])
+    assert row[1:6] == [str(len(cells) - 1), "1", "1", str(len(cells) - 2), str(1 + fresh)]
+
+
+def test_estimate_from_a_record_and_from_the_cost_model():
+    step = next(c for c in bench.cells(PLAN) if c.name == "mini-ctx128-train-fp32")
+    earlier = store.make_record("bench", step.name, step.config, {}, "oom", duration_s=42.0)
+    est = eta.estimate({"bench": [step]}, [earlier], "inline")
+    assert [(c.work_s, c.source) for c in est.cells["bench"]] == [(42.0, "record")]
+
+    # The rate: this run's matmul record (0.2 TFLOP/s) times the MFU of its step records of the same size and
+    # mode (0.5; the others' would give another rate).
+    matmul = store.make_record("bench", "matmul-cpu-fp32", {"experiment": "matmul", "device": "cpu", "dtype": "fp32"},
+                               {}, "ok", metrics={"tflops": 0.2})
+    steps = [store.make_record("bench", f"s{i}", {"experiment": "step", "device": "cpu", "dtype": "fp32", "size": size,
+                                                  "mode": mode}, {}, "ok", metrics={"mfu": m})
+             for i, (size, mode, m) in enumerate((("tiny", "train", 0.1), ("mini", "train", 0.5), ("mini", "forward", 0.9)))]
+    est = eta.estimate({"bench": [step]}, [matmul, *steps], "subprocess")
+    flops, _ = bench.step_flops(model_of(step.config), step.config["batch"], step.config["ctx"], "train")
+    n_steps = step.config["warmup"] + step.config["steps"]
+    (ce,) = est.cells["bench"]
+    assert ce.source == "model" and ce.work_s == pytest.approx(eta.PER_CELL_S + n_steps * flops / (0.2e12 * 0.5))
+    assert est.launch_s["bench"] == eta.PROCESS_START_S and est.processes["bench"] == 1  # a CPU cell: no CUDA set-up
+    assert any("matmul-cpu-fp32 record" in n and "MFU from this run's step records" in n for n in est.notes)
+
+
+def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkeypatch):
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
+    from lmreport.experiments import memory
+    cells = memory.cells(HANDOUT)
+    est = eta.estimate({"memory": cells}, [], "worker")
+    fresh = [c for c in cells if c.fresh_process]
+    assert est.processes["memory"] == len(fresh) + 1
+    assert est.launch_s["memory"] == pytest.approx(len(fresh) * (eta.PROCESS_START_S + eta.CUDA_SETUP_S)
+                                                   + eta.PROCESS_START_S)  # the worker's cells here need no CUDA
+    assert any(f"{eta.ASSUMED_GPU} (assumed: no GPU here and no CUDA record in this run)" in n for n in est.notes)
+    named = eta.estimate({"memory": cells}, [], "worker", gpu_name="NVIDIA A100-SXM4-80GB")
+    assert any("A100" in n and "given" in n for n in named.notes)
+    assert named.total_s > est.total_s  # the A100's datasheet peak is lower
