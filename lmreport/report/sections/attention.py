@@ -394,6 +394,7 @@ def build(view: SectionView) -> dict:
         "devices": devices,
         "labels": VARIANT_LABELS,
         "tables": tables,
+        "not_run_variants": [v for v in VARIANTS if not tables[v]],
         "estimated": estimated,
         "comparison": comp,
         "speedup": _speedup_summary(comp),
