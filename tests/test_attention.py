@@ -205,7 +205,7 @@ def test_cuda_cell_allocated_memory_matches_the_formula(tmp_path):
     m = A.run_cell(c, tmp_path)["metrics"]
     in_use_ratio, peak_ratio = allocated_memory_ratios(m, 8, 4096, 64)
     assert abs(in_use_ratio - 1) < 0.05 and abs(peak_ratio - 1) < 0.05
-    row = report._row({"cell": c.name, "config": c.config, "status": "ok", "metrics": m})
+    row = report.record_row({"cell": c.name, "config": c.config, "status": "ok", "metrics": m})
     assert abs(row["peak_ratio"] - 1) < 0.05 and abs(row["in_use_ratio"] - 1) < 0.05
 
 

@@ -88,7 +88,7 @@ def test_the_cuda_tests_comparison_holds_on_the_h200_record_of_its_cell(h200):
     r = _records(h200, "attention", "eager-d64-T4096.json")["eager-d64-T4096"]
     in_use_ratio, peak_ratio = allocated_memory_ratios(r["metrics"], 8, 4096, 64)
     assert abs(in_use_ratio - 1) < TOLERANCE and abs(peak_ratio - 1) < TOLERANCE
-    row = attention_report._row(r)
+    row = attention_report.record_row(r)
     assert (row["in_use_ratio"], row["peak_ratio"]) == pytest.approx((in_use_ratio, peak_ratio))
 
 

@@ -44,6 +44,7 @@ from lmreport.device import synchronize
 from lmreport.model import scaled_dot_product_attention
 from lmreport.presets import ATTENTION_CPU_GRID as CPU_GRID
 from lmreport.presets import ATTENTION_HANDOUT_GRID as HANDOUT_GRID
+from lmreport.presets import ATTENTION_OOM_PROBE as OOM_PROBE
 from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.presets import AttentionGrid as Grid
 from lmreport.runner import Cell, Plan, cell
@@ -55,6 +56,9 @@ SECTION = "attention"
 
 
 def grid_for(plan: Plan) -> Grid:
+    """The profile's own grid (gpu-quick), else the handout's on CUDA and the CPU grid elsewhere."""
+    if plan.profile.attention_grid is not None:
+        return plan.profile.attention_grid
     return HANDOUT_GRID if plan.profile.device == "cuda" else CPU_GRID
 
 
@@ -71,6 +75,13 @@ def cells(plan: Plan) -> list[Cell]:
     out = [cell(plan, SECTION, cell_name(v, d, t), requires=requires, d=d, seq_len=t, batch=g.batch,
                 variant=v, source="measured", warmup=g.warmup, passes=g.passes)
            for v in VARIANTS for d in g.d for t in g.seq_len]
+    if g.oom_probe is not None:
+        # Last of the measured cells, and CUDA only whatever the profile: on a CPU its 17 GB mask alone would
+        # swap instead of failing. On a GPU the first T x T product fails at its allocation (no GPU has the
+        # hundreds of GB it asks for), so the cell ends in a real CUDA OOM within a second, recorded `oom`.
+        d, t = g.oom_probe
+        out.append(cell(plan, SECTION, cell_name("eager", d, t), requires="cuda", d=d, seq_len=t, batch=g.batch,
+                        variant="eager", source="measured", warmup=0, passes=1, purpose=OOM_PROBE))
     h = HANDOUT_GRID
     out += [cell(plan, SECTION, cell_name("eager", d, t, "estimated"), d=d, seq_len=t, batch=h.batch,
                  variant="eager", source="estimated")

@@ -15,6 +15,7 @@ import sympy as sp
 
 from lmreport import accounting as acc
 from lmreport.presets import ATTENTION_HANDOUT_GRID
+from lmreport.presets import ATTENTION_OOM_PROBE as OOM_PROBE  # a cell sized to run out of memory on any GPU
 from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
@@ -27,7 +28,6 @@ SECTION = Section(
 
 VARIANT_LABELS = {"eager": "eager (model's attention)", "compiled": "torch.compile", "sdpa": "fused SDPA"}
 TOLERANCE = 0.10  # "measured within 10% of the formula"
-OOM_PROBE = "oom-probe"  # config["purpose"] of a cell sized to run out of memory on any GPU (presets.AttentionGrid.oom_probe)
 _G = ATTENTION_HANDOUT_GRID  # the grid the experiment runs on a GPU (and estimates on meta)
 HANDOUT_BATCH, HANDOUT_D, HANDOUT_T = _G.batch, _G.d, _G.seq_len
 
@@ -87,7 +87,7 @@ def _memory_source(r: dict) -> dict:
     return {"kind": None, "device": device, "baseline": None, "in_use": None, "peak": None}
 
 
-def _row(r: dict) -> dict:
+def record_row(r: dict) -> dict:
     """One record as a table row: config, status, timings, memory measured and by formula.
 
     Memory is compared above the baseline (what existed before the forward), on both sides: the
@@ -359,7 +359,7 @@ def record_problem(r: dict) -> str | None:
 
 def build(view: SectionView) -> dict:
     records = _records.readable(view.records, record_problem)
-    rows = [_row(r) for r in records]
+    rows = [record_row(r) for r in records]
     measured = [r for r in rows if r["source"] == "measured"]
     estimated = sorted((r for r in rows if r["source"] == "estimated" and r["status"] == "ok"),
                        key=lambda r: (r["d"], r["seq_len"]))
@@ -367,6 +367,11 @@ def build(view: SectionView) -> dict:
     checked = [r for r in measured + estimated if r["status"] == "ok"]
     comp = _comparison(measured)
     measured_records = [r for r in records if r["config"].get("source") != "estimated"]
+    # Cells this machine could not run (CUDA cells on a CPU) are not measurements: the chapter says why they
+    # are missing instead of describing a sweep that did not happen.
+    ran = [r for r in measured if r["status"] != "skipped"]
+    ran_records = [r["record"] for r in ran]
+    skipped = [r for r in measured if r["status"] == "skipped"]
     estimated_records = [r for r in records if r["config"].get("source") == "estimated"]
     ok_eager = [r for r in tables["eager"] if r["status"] == "ok"]
     ok_fused = [r for r in tables["sdpa"] if r["status"] == "ok"]
@@ -378,17 +383,18 @@ def build(view: SectionView) -> dict:
                     and fused_index[(r["d"], r["seq_len"])]["saved_bytes"]]
     compiled_ok = [r for r in tables["compiled"] if r["status"] == "ok"]
     compile_times = [r["first_pass_s"] for r in compiled_ok if r["first_pass_s"] is not None]
-    devices = view.provenance(measured_records)["devices"] if measured_records else []
+    devices = view.provenance(ran_records)["devices"] if ran_records else []
     on_cuda = any(r["in_use_source"] == "memory_allocated" for r in measured)
     extras = [r["allocated_extra_bytes"] for r in measured if r["allocated_extra_bytes"] is not None]
     exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs().items()}
     fused_exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs(fused=True).items()}
     return {
         "grid": {"batch": HANDOUT_BATCH, "d": HANDOUT_D, "seq_len": HANDOUT_T},
-        "measured_grid": {"d": sorted({r["d"] for r in measured}), "seq_len": sorted({r["seq_len"] for r in measured}),
-                          "batch": measured[0]["batch"] if measured else None,
-                          "passes": next((r["passes"] for r in measured if r["passes"]), None)},
-        "has_measured": bool(measured),
+        "measured_grid": {"d": sorted({r["d"] for r in ran}), "seq_len": sorted({r["seq_len"] for r in ran}),
+                          "batch": ran[0]["batch"] if ran else None,
+                          "passes": next((r["passes"] for r in ran if r["passes"]), None)},
+        "has_measured": bool(ran),
+        "skipped": {"count": len(skipped), "reason": skipped[0]["error"] if skipped else None},
         "on_cuda": on_cuda,
         "allocated_extra": {"min": min(extras), "max": max(extras)} if extras else None,
         "devices": devices,
