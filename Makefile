@@ -38,14 +38,17 @@ PIP_QUIET ?= --quiet
 .PHONY: install report render test bench-tools list status preview clean distclean gpu-check wheels $(SECTIONS)
 
 # When $(PYTHON) already imports torch (>= 2.4: a cluster module, a container, a machine without network),
-# the venv sees its packages (--system-site-packages) and pip installs only what is missing: torch is pinned
-# to the version already there, so it is never downloaded again. Otherwise a fresh venv gets TORCH_SPEC.
+# the venv sees its packages (--system-site-packages, plus a .pth naming $(PYTHON)'s site-packages for when
+# $(PYTHON) is itself a venv's) and pip installs only what is missing: torch is pinned to the version already
+# there, so it is never downloaded again. Otherwise a fresh venv gets TORCH_SPEC.
 # The PDF tools (extra `pdf`: pandoc, Typst) are optional on that path: without their wheels lmreport
 # writes Markdown only.
 $(VENV)/.installed: pyproject.toml
 	@if $(PYTHON) -c 'import sys, torch; v = torch.__version__.split("+")[0].split("."); sys.exit(0 if (int(v[0]), int(v[1])) >= (2, 4) else 1)' >/dev/null 2>&1; then \
 	  echo "install: $(PYTHON) has torch $$($(PYTHON) -c 'import torch; print(torch.__version__)'): the venv reuses it and the packages beside it"; \
 	  $(PYTHON) -m venv --system-site-packages $(VENV) && \
+	  $(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
+	    > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_lmreport_python_site.pth" && \
 	  $(PYTHON) -c 'import torch; print("torch==" + torch.__version__)' > $(VENV)/torch-constraint.txt && \
 	  { $(BIN)/pip install $(PIP_QUIET) $(PIP_SOURCE) -c $(VENV)/torch-constraint.txt -e '.[dev,pdf]' || \
 	    { echo "install: no PDF tools (typst, pypandoc-binary) to be had: lmreport renders Markdown only"; \
