@@ -32,8 +32,8 @@ TORCH_INDEX ?=
 # WHEELS=DIR (or several, space-separated): install from those folders only, no package index
 # (pip --no-index --find-links DIR); `make wheels WHEELS=DIR` fills one on a machine with network.
 WHEELS ?=
-PIP_SOURCE := $(if $(WHEELS),--no-index $(foreach w,$(WHEELS),--find-links $(w)))
-PIP_QUIET ?= --quiet
+WHEEL_SOURCE := $(if $(WHEELS),--no-index $(foreach w,$(WHEELS),--find-links $(w)))
+INSTALL_QUIET ?= --quiet
 
 .PHONY: install report render test bench-tools list status preview clean distclean gpu-check wheels $(SECTIONS)
 
@@ -50,13 +50,14 @@ $(VENV)/.installed: pyproject.toml
 	  $(PYTHON) -c 'import site; print("\n".join(site.getsitepackages()))' \
 	    > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_lmreport_python_site.pth" && \
 	  $(PYTHON) -c 'import torch; print("torch==" + torch.__version__)' > $(VENV)/torch-constraint.txt && \
-	  { $(BIN)/pip install $(PIP_QUIET) $(PIP_SOURCE) -c $(VENV)/torch-constraint.txt -e '.[dev,pdf]' || \
-	    { echo "install: no PDF tools (typst, pypandoc-binary) to be had: lmreport renders Markdown only"; \
-	      $(BIN)/pip install $(PIP_QUIET) $(PIP_SOURCE) -c $(VENV)/torch-constraint.txt -e '.[dev]'; }; }; \
+	  { $(BIN)/pip install $(INSTALL_QUIET) $(WHEEL_SOURCE) -c $(VENV)/torch-constraint.txt -e '.[dev,pdf]' || \
+	    { echo "install: could not install the PDF tools (typst, pypandoc-binary): trying without them (lmreport then writes Markdown only)"; \
+	      $(BIN)/pip install $(INSTALL_QUIET) $(WHEEL_SOURCE) -c $(VENV)/torch-constraint.txt -e '.[dev]'; }; }; \
 	else \
+	  echo "install: a new venv with $(TORCH_SPEC)$(if $(TORCH_INDEX), from $(TORCH_INDEX))"; \
 	  $(PYTHON) -m venv $(VENV) && \
-	  $(BIN)/pip install $(PIP_QUIET) $(PIP_SOURCE) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)" && \
-	  $(BIN)/pip install $(PIP_QUIET) $(PIP_SOURCE) -e '.[dev,pdf]'; \
+	  $(BIN)/pip install $(INSTALL_QUIET) $(WHEEL_SOURCE) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)" && \
+	  $(BIN)/pip install $(INSTALL_QUIET) $(WHEEL_SOURCE) -e '.[dev,pdf]'; \
 	fi
 	touch $@
 
@@ -100,14 +101,14 @@ gpu-check: $(if $(HAS_CUDA),install)
 	$(LMREPORT) gpu-check $(GPU_CHECK_ARGS)
 
 # Wheels of every requirement but torch (and of the build backend), for `make install WHEELS=DIR` on a machine
-# without network. Run it with the target's Python version, or pass PIP_DOWNLOAD_ARGS, e.g.
+# without network. Run it with the target's Python version, or pass DOWNLOAD_ARGS, e.g.
 # "--python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all:".
-PIP_DOWNLOAD_ARGS ?=
+DOWNLOAD_ARGS ?=
 wheels:
 	$(if $(WHEELS),,$(error make wheels: name the folder, e.g. make wheels WHEELS=wheels))
 	mkdir -p $(firstword $(WHEELS))
 	$(PYTHON) -m lmreport.requirements --extra dev --extra pdf --build --without torch > $(firstword $(WHEELS))/requirements.txt
-	$(PYTHON) -m pip download $(PIP_QUIET) --dest $(firstword $(WHEELS)) $(PIP_DOWNLOAD_ARGS) -r $(firstword $(WHEELS))/requirements.txt
+	$(PYTHON) -m pip download $(INSTALL_QUIET) --dest $(firstword $(WHEELS)) $(DOWNLOAD_ARGS) -r $(firstword $(WHEELS))/requirements.txt
 
 clean:
 	rm -rf build
