@@ -264,7 +264,8 @@ def edition_gpt2_xl(ed: Edition) -> ModelConfig:
 # in fp32 (d is the symbol D), and, for the model's own attention, the causal mask as
 # TransformerLM.forward builds it: a (T, T) bool tensor, 1 byte per element. Each term is one
 # tensor; tests/test_attention.py checks the "saved" terms against the storages autograd keeps
-# (saved_tensors_hooks) and the live totals against a tracker of live operator outputs.
+# (saved_tensors_hooks), the live totals against a tracker of live operator outputs, and the
+# CUDA peak against the records of a real H200 run (../shared/samples/h200).
 
 BOOL_BYTES = 1
 ATTN_SAVED = "saved for backward"
@@ -272,6 +273,7 @@ ATTN_IN_USE = "also in use before backward"
 ATTN_BACKWARD = "added at the backward peak"
 ATTN_GROUPS = (ATTN_SAVED, ATTN_IN_USE, ATTN_BACKWARD)
 ATTN_END = "live when backward ends"
+ATTN_DEVICES = ("cuda", "cpu")  # whose kernels the eager formula follows (they differ in one temporary)
 
 
 @dataclass(frozen=True)
@@ -279,9 +281,55 @@ class MemoryTerm:
     name: str
     group: str  # one of ATTN_GROUPS
     bytes: sp.Expr  # in B, T and D
+    device: str | None = None  # None: on every device; "cuda": a temporary only CUDA's kernel allocates
 
 
-def attention_memory_terms(fused: bool = False) -> tuple[MemoryTerm, ...]:
+@dataclass(frozen=True)
+class KernelTemporary:
+    """A tensor a kernel allocates inside its C++ body, below the dispatcher.
+
+    Neither a TorchDispatchMode (experiments/attention.py: LiveBytes) nor a meta kernel sees it: the
+    operator's outputs are all they see. Estimating for that device, the tracker adds a tensor shaped
+    like argument `like_arg` of `op` while the operator runs (the same bytes as the term `term`).
+    """
+
+    op: str  # the aten operator, e.g. "aten::_softmax_backward_data"
+    like_arg: int  # the temporary has this argument's shape and dtype
+    device: str
+    term: str  # the MemoryTerm (attention_memory_terms) this temporary is
+    source: str  # where PyTorch allocates it
+
+
+# softmax's backward on CUDA first multiplies the incoming gradient by the output into a new tensor,
+# then runs its kernel on that product (aten/src/ATen/native/cuda/SoftMax.cu, softmax_backward_cuda_out:
+# `Tensor tmp = grad * output; host_softmax_backward<...>(tmp, output, dim, half_to_float, grad_input);`
+# SoftMaxBackwardEpilogue's comment: "gradOutput that we get here is really gradOutput * output"). So
+# while it runs, CUDA holds P, dP, the product dP*P and the result dS: four T x T matrices. The CPU kernel
+# (aten/src/ATen/native/SoftMax.cpp, softmax_backward_cpu_out -> softmax_backward_lastdim_kernel) sums
+# dP*P row by row into registers and writes dS directly: three. The H200 records show exactly one
+# B*T^2 fp32 matrix more than the three-matrix formula at every (d, T) (tests/test_attention_h200.py).
+# The other candidates allocate nothing hidden: masked_fill's backward is `grad.masked_fill(mask, 0)`
+# and the division's `grad / other` (tools/autograd/derivatives.yaml), operator outputs a tracker sees;
+# bmm's backward multiplies transposed views (P^T, K, Q^T), which prepare_batch_matrix_for_cublas
+# (aten/src/ATen/native/cuda/Blas.cpp) passes to cuBLAS as transposed operands, without a contiguous copy.
+SOFTMAX_BACKWARD_PRODUCT = "dP ⊙ P, the product CUDA's softmax backward writes first (SoftMax.cu)"
+CUDA_KERNEL_TEMPORARIES = (
+    KernelTemporary("aten::_softmax_backward_data", 0, "cuda", SOFTMAX_BACKWARD_PRODUCT,
+                    "aten/src/ATen/native/cuda/SoftMax.cu, softmax_backward_cuda_out: Tensor tmp = grad * output"),
+)
+
+
+def kernel_temporaries(device: str) -> dict[str, KernelTemporary]:
+    """aten operator -> the temporary its kernel allocates on this device (none on CPU or meta)."""
+    return {k.op: k for k in CUDA_KERNEL_TEMPORARIES if k.device == device}
+
+
+def _check_device(device: str) -> None:
+    if device not in ATTN_DEVICES:
+        raise ValueError(f"unknown device {device!r} for the attention formulas: choose one of {', '.join(ATTN_DEVICES)}")
+
+
+def attention_memory_terms(fused: bool = False, device: str = "cuda") -> tuple[MemoryTerm, ...]:
     """Bytes of each tensor of one attention forward + backward, by when it is live.
 
     Eager (lmreport.model.scaled_dot_product_attention with the causal mask): the product
@@ -289,14 +337,16 @@ def attention_memory_terms(fused: bool = False) -> tuple[MemoryTerm, ...]:
     masked_fill saves the negated mask; softmax saves its output P, which P V saves again
     (one storage). So the T x T scores are not kept, P is. During backward, the gradient of P
     and that of the scores are live at the same time as P (softmax's backward needs P, dP and
-    writes dS): that moment holds three T x T matrices. When T is not much larger than d, the
-    peak is rather the end of backward (`attention_end_of_backward_terms`).
+    writes dS), and on CUDA also the product dP * P that its kernel computes first
+    (CUDA_KERNEL_TEMPORARIES): four T x T matrices on CUDA, three on a CPU. When T is not much
+    larger than d, the peak is rather the end of backward (`attention_end_of_backward_terms`).
 
     Fused (FlashAttention-2, Dao 2023, Algorithms 1-2; the memory-efficient kernel alike): the
     scores are computed tile by tile in on-chip memory and never written; the kernel keeps
     the output O and one log-sum-exp per row, and its backward recomputes P tile by tile.
     Nothing of size T^2 is stored.
     """
+    _check_device(device)
     f = FP32_BYTES
     if fused:
         return (
@@ -305,7 +355,7 @@ def attention_memory_terms(fused: bool = False) -> tuple[MemoryTerm, ...]:
             MemoryTerm("log-sum-exp of each score row", ATTN_SAVED, f * B * T),
             MemoryTerm("gradient of the output dO", ATTN_IN_USE, f * B * T * D),
         )
-    return (
+    terms = (
         MemoryTerm("Q and K, saved by the scores product Q Kᵀ", ATTN_SAVED, f * 2 * B * T * D),
         MemoryTerm("V, saved by the product P V", ATTN_SAVED, f * B * T * D),
         MemoryTerm("softmax output P, saved by softmax and by P V", ATTN_SAVED, f * B * T**2),
@@ -315,8 +365,19 @@ def attention_memory_terms(fused: bool = False) -> tuple[MemoryTerm, ...]:
         MemoryTerm("gradient of the output dO", ATTN_IN_USE, f * B * T * D),
         MemoryTerm("gradient of V", ATTN_BACKWARD, f * B * T * D),
         MemoryTerm("gradient of P", ATTN_BACKWARD, f * B * T**2),
+        MemoryTerm(SOFTMAX_BACKWARD_PRODUCT, ATTN_BACKWARD, f * B * T**2, device="cuda"),
         MemoryTerm("gradient of the scores", ATTN_BACKWARD, f * B * T**2),
     )
+    return tuple(t for t in terms if t.device in (None, device))
+
+
+def attention_inputs_expr(fused: bool = False) -> sp.Expr:
+    """What exists before the forward: Q, K, V, the output gradient dO (fp32) and, eager, the bool mask.
+
+    A measurement's baseline: on CUDA, `memory_allocated` before the forward holds these plus
+    what the process allocated before (the cuBLAS workspace, ...), which no formula here counts.
+    """
+    return FP32_BYTES * 4 * B * T * D + (0 if fused else BOOL_BYTES * T**2)
 
 
 def attention_end_of_backward_terms() -> tuple[MemoryTerm, ...]:
@@ -336,18 +397,19 @@ def attention_end_of_backward_terms() -> tuple[MemoryTerm, ...]:
     )
 
 
-def attention_memory_exprs(fused: bool = False) -> dict[str, sp.Expr]:
+def attention_memory_exprs(fused: bool = False, device: str = "cuda") -> dict[str, sp.Expr]:
     """Bytes: saved for backward, in use before backward, and (eager) the backward peak.
 
-    The peak is the larger of two moments: softmax's backward (three T x T matrices live) and
-    the end of backward (only (B, T, d) tensors and the mask).
+    The peak is the larger of two moments: softmax's backward (four T x T matrices live on
+    CUDA, three on a CPU) and the end of backward (only (B, T, d) tensors and the mask).
     """
-    terms = attention_memory_terms(fused)
+    terms = attention_memory_terms(fused, device)
 
     def upto(groups):
         return sp.expand(sum(t.bytes for t in terms if t.group in groups))
 
-    out = {"saved": upto(ATTN_GROUPS[:1]), "in_use_before_backward": upto(ATTN_GROUPS[:2])}
+    out = {"inputs": sp.expand(attention_inputs_expr(fused)),
+           "saved": upto(ATTN_GROUPS[:1]), "in_use_before_backward": upto(ATTN_GROUPS[:2])}
     if not fused:
         out["softmax_backward_live"] = upto(ATTN_GROUPS)
         out["end_of_backward_live"] = sp.expand(sum(t.bytes for t in attention_end_of_backward_terms()))
@@ -359,14 +421,14 @@ def _attention_values(batch: int, seq_len: int, d: int) -> dict[sp.Symbol, int]:
     return {B: batch, T: seq_len, D: d}
 
 
-def attention_memory_bytes(batch: int, seq_len: int, d: int, fused: bool = False) -> dict[str, int]:
+def attention_memory_bytes(batch: int, seq_len: int, d: int, fused: bool = False, device: str = "cuda") -> dict[str, int]:
     vals = _attention_values(batch, seq_len, d)
-    return {k: int(e.subs(vals)) for k, e in attention_memory_exprs(fused).items()}
+    return {k: int(e.subs(vals)) for k, e in attention_memory_exprs(fused, device).items()}
 
 
 def attention_term_bytes(batch: int, seq_len: int, d: int, fused: bool = False,
-                         end_of_backward: bool = False) -> list[tuple[MemoryTerm, int]]:
-    """Each term with its bytes: attention_memory_terms(fused), or attention_end_of_backward_terms()."""
+                         end_of_backward: bool = False, device: str = "cuda") -> list[tuple[MemoryTerm, int]]:
+    """Each term with its bytes: attention_memory_terms(fused, device), or attention_end_of_backward_terms()."""
     vals = _attention_values(batch, seq_len, d)
-    terms = attention_end_of_backward_terms() if end_of_backward else attention_memory_terms(fused)
+    terms = attention_end_of_backward_terms() if end_of_backward else attention_memory_terms(fused, device)
     return [(t, int(t.bytes.subs(vals))) for t in terms]

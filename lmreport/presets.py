@@ -158,6 +158,13 @@ class Profile:
     warmup_ablation: tuple[int, ...] = (0, 1, 2, 5)  # warm-up counts of the B-c ablation (smallest context)
     compile_sizes: tuple[str, ...] = ()  # sizes timed eager vs torch.compile (C-b); empty: every size
     compile_contexts: tuple[int, ...] = ()  # contexts of the compile comparison; empty: the bench contexts
+    compile_modes: tuple[str, ...] = ()  # modes of the compile comparison; empty: forward and train
+    ablation_sizes: tuple[str, ...] = ()  # sizes of the warm-up ablation (B-c); empty: every size
+    memory_size: str | None = None  # model of the memory section's cells; None: the edition's (Edition.memory_model)
+    memory_contexts: tuple[int, ...] = ()  # their contexts; empty: the edition's (Edition.memory_contexts)
+    attention_grid: "AttentionGrid | None" = None  # the attention sweep; None: the handout's (CUDA) or the CPU grid
+    profiling_sizes: tuple[str, ...] = ()  # sizes of the profiling (nsys) section; empty: its handout sweep on a GPU
+    profiling_contexts: tuple[int, ...] = ()  # its contexts; empty: as profiling_sizes
 
     def models(self, ed: Edition) -> dict[str, ModelConfig]:
         """Size name -> config for this profile (the edition's table plus profile-only sizes)."""
@@ -167,6 +174,10 @@ class Profile:
 
     def bench_contexts(self, ed: Edition) -> tuple[int, ...]:
         return self.contexts or ed.bench_contexts
+
+    def memory_cells(self, ed: Edition) -> tuple[str, tuple[int, ...]]:
+        """(size, contexts) of the memory section: the profile's, else the edition's."""
+        return self.memory_size or ed.memory_model, self.memory_contexts or ed.memory_contexts
 
 
 PROFILES: dict[str, Profile] = {
@@ -225,9 +236,13 @@ class AttentionGrid:
     seq_len: tuple[int, ...]
     warmup: int  # untimed forward + backward passes before timing
     passes: int  # timed forward passes, and as many timed backward passes
+    # (d, T) of one more eager cell, at `batch`, sized to run out of memory on any GPU (a real CUDA OOM,
+    # recorded `oom` while the sweep goes on); None: no such cell
+    oom_probe: tuple[int, int] | None = None
 
 
 ATTENTION_VARIANTS = ("eager", "compiled", "sdpa")  # the model's attention, under torch.compile, fused SDPA
+ATTENTION_OOM_PROBE = "oom-probe"  # config["purpose"] of the cell AttentionGrid.oom_probe adds
 # The handout: batch 8, d in {16, 32, 64, 128}, T in {256, 1024, 4096, 8192, 16384}, 100 passes.
 ATTENTION_HANDOUT_GRID = AttentionGrid(batch=8, d=(16, 32, 64, 128), seq_len=(256, 1024, 4096, 8192, 16384),
                                        warmup=5, passes=100)
@@ -246,3 +261,19 @@ def model_of(config: dict) -> ModelConfig:
     """The model of a cell's config (its edition, profile and size)."""
     prof = profile(config["profile"]) if config.get("profile") else None
     return model_table(edition(config["edition"]), prof)[config["size"]]
+
+
+# One short pass over every GPU code path of every section: about 5 minutes on one H100/H200 (estimated
+# from the H200 run's records in tests/test_gpu_quick.py), every cell within a 24 GB card except the
+# attention's out-of-memory probe, which must fail on any GPU: at batch 8 and T = 131,072 one T x T fp32
+# matrix is 8 * 131072**2 * 4 bytes = 550 GB, so the first product Q K^T fails at its allocation.
+ATTENTION_GPU_QUICK_GRID = AttentionGrid(batch=8, d=(16, 64), seq_len=(1024, 4096, 8192), warmup=2, passes=20,
+                                         oom_probe=(16, 131_072))
+PROFILES["gpu-quick"] = Profile(
+    name="gpu-quick", device="cuda",
+    description="one short pass over every GPU code path (about 5 minutes on an H100/H200, fits a 24 GB card)",
+    sizes=("small", "medium"), contexts=(128, 256), warmup_steps=2, measure_steps=5,
+    ablation_sizes=("small",), compile_sizes=("small",), compile_contexts=(128,), compile_modes=("train",),
+    memory_size="small", memory_contexts=(128, 256),
+    attention_grid=ATTENTION_GPU_QUICK_GRID,
+    profiling_sizes=("small",), profiling_contexts=(128,))

@@ -46,7 +46,7 @@ def _render(records, ed, tmp_path) -> str:
 def test_renders_formulas_and_commands_without_records(tmp_path):
     md = _render([], ED25, tmp_path)
     assert "lmreport run memory --profile handout-2025" in md and "lmreport run memory --profile cpu" in md
-    assert "| 512 | train | fp32 | – |" in md  # the formula column is filled, the rest waits for records
+    assert "| 512 | train | fp32 | not run |" in md  # the formula column is filled, the rest waits for records
     assert "20.00 MiB" in md  # M-d from the accounting formula
 
 
@@ -311,8 +311,8 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
     md = _render(recs, ED25, tmp_path)
     main_peak = recs[0]["metrics"]["peak_active_bytes"]
     # the run's cell, not the extra snapshot of the same configuration; when the peak happened
-    assert f"| 128 | train | fp32 | – | – | {main_peak / 1024**3:,.2f} (in backward) |" in md
-    assert "| 512 | train | fp32 | – | – | OOM |" in md and "| 256 | forward | bf16 | – | – | ERROR |" in md
+    assert f"| 128 | train | fp32 | not run | – | {main_peak / 1024**3:,.2f} (in backward) |" in md
+    assert "| 512 | train | fp32 | not run | – | OOM |" in md and "| 256 | forward | bf16 | not run | – | ERROR |" in md
     assert "Device: NVIDIA H100 80GB HBM3 · host gpu-node-07" in md and "Device: CPU" not in md
     assert "*No estimates yet: run `lmreport run memory --profile cpu --edition 2025`" in md
     assert "## Other snapshots" in md and "measured-2.7B-ctx128-train-fp32-other" in md
@@ -379,4 +379,4 @@ def test_a_record_missing_what_the_section_reads_is_left_out_with_a_warning(tmp_
     left_out = [str(w.message) for w in caught if "left out" in str(w.message)]
     assert len(left_out) == 2 and sum("ctx256" in w for w in left_out) == 1
     assert f"{good['metrics']['peak_active_bytes'] / 1024**3:,.2f}" in md
-    assert "| 256 | train | fp32 | – | – | – |" in md and "| 512 | train | fp32 | – | – | – |" in md
+    assert "| 256 | train | fp32 | not run | – | not run |" in md and "| 512 | train | fp32 | not run | – | not run |" in md

@@ -39,10 +39,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_iter
 
+from lmreport import accounting as acc
 from lmreport.device import synchronize
 from lmreport.model import scaled_dot_product_attention
 from lmreport.presets import ATTENTION_CPU_GRID as CPU_GRID
 from lmreport.presets import ATTENTION_HANDOUT_GRID as HANDOUT_GRID
+from lmreport.presets import ATTENTION_OOM_PROBE as OOM_PROBE
 from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.presets import AttentionGrid as Grid
 from lmreport.runner import Cell, Plan, cell
@@ -54,6 +56,9 @@ SECTION = "attention"
 
 
 def grid_for(plan: Plan) -> Grid:
+    """The profile's own grid (gpu-quick), else the handout's on CUDA and the CPU grid elsewhere."""
+    if plan.profile.attention_grid is not None:
+        return plan.profile.attention_grid
     return HANDOUT_GRID if plan.profile.device == "cuda" else CPU_GRID
 
 
@@ -70,6 +75,13 @@ def cells(plan: Plan) -> list[Cell]:
     out = [cell(plan, SECTION, cell_name(v, d, t), requires=requires, d=d, seq_len=t, batch=g.batch,
                 variant=v, source="measured", warmup=g.warmup, passes=g.passes)
            for v in VARIANTS for d in g.d for t in g.seq_len]
+    if g.oom_probe is not None:
+        # Last of the measured cells, and CUDA only whatever the profile: on a CPU its 17 GB mask alone would
+        # swap instead of failing. On a GPU the first T x T product fails at its allocation (no GPU has the
+        # hundreds of GB it asks for), so the cell ends in a real CUDA OOM within a second, recorded `oom`.
+        d, t = g.oom_probe
+        out.append(cell(plan, SECTION, cell_name("eager", d, t), requires="cuda", d=d, seq_len=t, batch=g.batch,
+                        variant="eager", source="measured", warmup=0, passes=1, purpose=OOM_PROBE))
     h = HANDOUT_GRID
     out += [cell(plan, SECTION, cell_name("eager", d, t, "estimated"), d=d, seq_len=t, batch=h.batch,
                  variant="eager", source="estimated")
@@ -126,16 +138,24 @@ class LiveBytes(TorchDispatchMode):
     returns counts until it is freed (a weakref finalizer on the storage, whose Python object
     PyTorch keeps unique). Allocations inside a kernel, or by compiled code that bypasses the
     dispatcher, are not seen: use it for eager code, where operator outputs are the memory.
+
+    The kernel allocations known to happen on a device (`temporaries`: aten operator ->
+    accounting.KernelTemporary, from accounting.kernel_temporaries) are added while their
+    operator runs, to a second peak, `peak_with_temporaries_bytes`: the operator's output is
+    already counted then, and its temporary lives until the kernel returns.
     """
 
-    def __init__(self, existing=()):
+    def __init__(self, existing=(), temporaries: dict | None = None):
         super().__init__()
         self.live_bytes = 0
         self.peak_bytes = 0
+        self.peak_with_temporaries_bytes = 0
+        self.temporaries = temporaries or {}
         self._sizes: dict[int, int] = {}
         for t in existing:
             if t is not None:
                 self._track(t)
+        self.existing_bytes = self.live_bytes
 
     def _track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
@@ -145,6 +165,7 @@ class LiveBytes(TorchDispatchMode):
         self._sizes[key] = storage.nbytes()
         self.live_bytes += storage.nbytes()
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        self.peak_with_temporaries_bytes = max(self.peak_with_temporaries_bytes, self.live_bytes)
         weakref.finalize(storage, self._free, key)
 
     def _free(self, key: int) -> None:
@@ -155,6 +176,11 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_iter(out):
             if isinstance(t, torch.Tensor):
                 self._track(t)
+        temporary = self.temporaries.get(func._schema.name)
+        if temporary is not None:
+            like = args[temporary.like_arg]
+            self.peak_with_temporaries_bytes = max(self.peak_with_temporaries_bytes,
+                                                   self.live_bytes + like.numel() * like.element_size())
         return out
 
 
@@ -184,24 +210,36 @@ def _saved(forward: Callable[[], torch.Tensor], q, k, v) -> tuple[torch.Tensor, 
                  "saved_bytes_by_node": dict(by_node.bytes_by_node.most_common())}
 
 
-def _live_bytes(forward: Callable[[], torch.Tensor], q, k, v, grad_out, held=()) -> dict:
-    """Live bytes before backward and peak over forward + backward, by the tracker."""
+def _live_bytes(forward: Callable[[], torch.Tensor], q, k, v, grad_out, held=(), for_device: str | None = None) -> dict:
+    """Live bytes before the forward (the inputs), before backward, and the peak over forward + backward,
+    by the tracker; for_device="cuda" adds the peak with CUDA's kernel temporaries."""
     _clear_grads(q, k, v)
-    with LiveBytes(existing=(q, k, v, grad_out, *held)) as live:
+    temporaries = acc.kernel_temporaries(for_device) if for_device else {}
+    with LiveBytes(existing=(q, k, v, grad_out, *held), temporaries=temporaries) as live:
         out = forward()
         before = live.live_bytes
         out.backward(grad_out)
         del out
     _clear_grads(q, k, v)
-    return {"live_before_backward_bytes": before, "live_peak_bytes": live.peak_bytes}
+    metrics = {"live_before_forward_bytes": live.existing_bytes, "live_before_backward_bytes": before,
+               "live_peak_bytes": live.peak_bytes}
+    if for_device:
+        metrics[f"live_peak_{for_device}_bytes"] = live.peak_with_temporaries_bytes
+        metrics["kernel_temporaries"] = sorted(temporaries)
+    return metrics
 
 
 def estimate(cfg: dict) -> dict:
-    """The eager variant on `meta` at full size: what autograd saves and what is live, no memory used."""
+    """The eager variant on `meta` at full size: what autograd saves and what is live, no memory used.
+
+    The peak comes twice: as the dispatcher sees it (`live_peak_bytes`, operator outputs only) and
+    for CUDA (`live_peak_cuda_bytes`), with the allocations CUDA kernels make below the dispatcher
+    (accounting.CUDA_KERNEL_TEMPORARIES: softmax backward's product dP * P).
+    """
     q, k, v, grad_out = random_qkv(cfg["batch"], cfg["seq_len"], cfg["d"], "meta")
     forward, held = attention_call("eager", q, k, v)
     _, metrics = _saved(forward, q, k, v)
-    metrics.update(_live_bytes(forward, q, k, v, grad_out, held), device="meta")
+    metrics.update(_live_bytes(forward, q, k, v, grad_out, held, for_device="cuda"), device="meta")
     return {"metrics": metrics}
 
 

@@ -73,14 +73,15 @@ def cells(plan: Plan) -> list[Cell]:
     ablation_ctx = min(contexts)
     # Without warm-up the measured steps are the cold start itself, so those ablation cells start a clean
     # process under the worker launcher too (with warm-up, the costs land in untimed steps either way).
+    ablation_sizes = [s for s in (prof.ablation_sizes or sizes) if s in sizes]
     out += [step_cell(cell_name(s, ablation_ctx, m, "fp32", warmup=w), s, ablation_ctx, m, "fp32", False, w,
                       fresh_process=w == 0)
-            for s in sizes for m in prof.bench_modes for w in prof.warmup_ablation]
+            for s in ablation_sizes for m in prof.bench_modes for w in prof.warmup_ablation]
     out += [step_cell(cell_name(s, t, m, dt), s, t, m, dt, False, prof.warmup_steps)
             for s in sizes for t in contexts for m in prof.bench_modes for dt in prof.bench_dtypes]
     compile_sizes = [s for s in (prof.compile_sizes or sizes) if s in sizes]
     out += [step_cell(cell_name(s, t, m, "fp32", compiled=True), s, t, m, "fp32", True, max(1, prof.warmup_steps))
-            for s in compile_sizes for t in (prof.compile_contexts or contexts) for m in COMPILE_MODES
+            for s in compile_sizes for t in (prof.compile_contexts or contexts) for m in (prof.compile_modes or COMPILE_MODES)
             if m in prof.bench_modes]
     return out
 

@@ -2,7 +2,8 @@
 
 Three kinds of cells, told apart by config["source"]:
 - "measured" (CUDA only): the edition's memory cells (2025: 2.7B at contexts 128/256/512;
-  2026: xl at 128 and 2048; forward and full training step; fp32 and bf16). Warm up, record
+  2026: xl at 128 and 2048; a profile may name its own, presets.Profile.memory_cells; forward
+  and full training step; fp32 and bf16). Warm up, record
   the allocator history (torch.cuda.memory._record_memory_history(max_entries=1_000_000)),
   run one step, `_dump_snapshot` into the cell's artifacts, stop recording; the record holds
   max allocated/reserved and the snapshot's replay (peak, timeline, largest allocations).
@@ -50,7 +51,8 @@ def checkpoint_groups(num_layers: int) -> list[int]:
 
 def cells(plan: Plan) -> list[Cell]:
     ed = plan.edition
-    size, batch = ed.memory_model, ed.batch_size
+    size, contexts = plan.profile.memory_cells(ed)  # the edition's, unless the profile names its own
+    batch = ed.batch_size
 
     def step_cell(source, size, ctx, mode, dtype, requires="any"):
         # a training step after warm-up; a forward pass for inference (what a measured cell records).
@@ -62,14 +64,14 @@ def cells(plan: Plan) -> list[Cell]:
 
     out = [step_cell(source, size, ctx, mode, dtype, requires)
            for source, requires in (("estimated", "any"), ("measured", "cuda"))
-           for ctx in ed.memory_contexts for mode in MODES for dtype in DTYPES]
+           for ctx in contexts for mode in MODES for dtype in DTYPES]
     out += [step_cell("cpu_check", size_, CHECK_CTX, mode, dtype)
             for size_ in CHECK_SIZES for mode in MODES for dtype in DTYPES]
     if ed.year in CHECKPOINT_EDITIONS:
-        for ctx in ed.memory_contexts:
+        for ctx in contexts:
             out.append(cell(plan, SECTION, f"block-{size}-ctx{ctx}", size=size, ctx=ctx, batch=batch, mode="train",
                             dtype="fp32", source="block"))
-        ctx = max(ed.memory_contexts)
+        ctx = max(contexts)
         for k in checkpoint_groups(ed.study_models[size].num_layers):
             out.append(cell(plan, SECTION, f"checkpoint-{size}-ctx{ctx}-every{k}", size=size, ctx=ctx, batch=batch,
                             mode="train", dtype="fp32", source="checkpointing", step="steady", checkpoint_every=k))

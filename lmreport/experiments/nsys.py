@@ -82,8 +82,11 @@ HANDOUT_SWEEPS = {
 
 
 def sweep(plan: Plan) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(sizes, contexts) of the plan: the CPU profile's small ones, or the handout's."""
+    """(sizes, contexts) of the plan: the profile's own (profiling_sizes/_contexts, e.g. gpu-quick), the
+    CPU profile's small ones, or the handout's."""
     ed, prof = plan.edition, plan.profile
+    if prof.profiling_sizes or prof.profiling_contexts:
+        return (prof.profiling_sizes or tuple(prof.models(ed))), (prof.profiling_contexts or prof.bench_contexts(ed))
     if prof.device == "cpu" or ed.year not in HANDOUT_SWEEPS:
         return tuple(prof.models(ed)), prof.bench_contexts(ed)
     s = HANDOUT_SWEEPS[ed.year]

@@ -6,6 +6,7 @@ to it. The Typst template (templates/pdf/writeup.typ) gives the title page and t
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from lmreport.device import PROJECT_ROOT
 from lmreport.errors import UserError
 
 TEMPLATE = PROJECT_ROOT / "templates" / "pdf" / "writeup.typ"
+# module -> the distribution of pyproject's `pdf` extra that provides it
+PDF_MODULES = {"pypandoc": "pypandoc-binary", "typst": "typst", "pypdf": "pypdf"}
+
+
+def missing_tools() -> list[str]:
+    """Distributions of the `pdf` extra that are not installed (an install from a few wheels may lack them)."""
+    return [dist for module, dist in PDF_MODULES.items() if importlib.util.find_spec(module) is None]
 
 
 def markdown_to_typst(md_path: Path) -> Path:
@@ -38,6 +46,10 @@ def typst_to_pdf(typ_path: Path) -> bytes:
 
 
 def markdown_to_pdf(md_path: Path, pdf_path: Path, meta: dict, attachments: dict[str, bytes] | None = None) -> Path:
+    missing = missing_tools()
+    if missing:
+        raise UserError(f"{pdf_path}: the PDF needs {', '.join(missing)} (pip install -e '.[pdf]'); "
+                        f"{md_path} is written, or render with --no-pdf")
     from pypdf import PdfReader, PdfWriter
     pdf_bytes = typst_to_pdf(markdown_to_typst(md_path))
     writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf_bytes)))

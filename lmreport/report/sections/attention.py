@@ -15,6 +15,7 @@ import sympy as sp
 
 from lmreport import accounting as acc
 from lmreport.presets import ATTENTION_HANDOUT_GRID
+from lmreport.presets import ATTENTION_OOM_PROBE as OOM_PROBE  # a cell sized to run out of memory on any GPU
 from lmreport.presets import ATTENTION_VARIANTS as VARIANTS
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
@@ -37,18 +38,23 @@ def _latex(expr: sp.Expr) -> str:
     return sp.latex(sp.expand(expr), symbol_names=acc.SYMBOL_LATEX)
 
 
-def formula(batch: int, seq_len: int, d: int, variant: str) -> dict[str, int]:
-    """Formula bytes for a variant; the compiled one saves what eager saves (checked by its records)."""
-    return acc.attention_memory_bytes(batch, seq_len, d, fused=variant == "sdpa")
+def formula(batch: int, seq_len: int, d: int, variant: str, device: str = "cuda") -> dict[str, int]:
+    """Formula bytes for a variant on the device whose kernels ran it (CUDA's softmax backward holds one
+    T x T temporary more than the CPU's); the compiled one saves what eager saves (checked by its records)."""
+    return acc.attention_memory_bytes(batch, seq_len, d, fused=variant == "sdpa", device=device)
 
 
 def inputs_bytes(batch: int, seq_len: int, d: int, variant: str) -> int:
     """Bytes that exist before the forward: Q, K, V, the output gradient dO, and (eager) the bool mask."""
-    return 4 * 4 * batch * seq_len * d + (0 if variant == "sdpa" else acc.BOOL_BYTES * seq_len**2)
+    return int(acc.attention_inputs_expr(fused=variant == "sdpa").subs({acc.B: batch, acc.T: seq_len, acc.D: d}))
 
 
 def _ratio(measured, expected):
     return measured / expected if measured is not None and expected else None
+
+
+def _minus(a, b):
+    return a - b if a is not None and b is not None else None
 
 
 def _mean(m: dict, key: str):
@@ -56,35 +62,76 @@ def _mean(m: dict, key: str):
     return s.get("mean") if isinstance(s, dict) else None
 
 
-def _row(r: dict) -> dict:
-    """One record as a table row: config, status, timings, memory measured and by formula."""
+def _memory_source(r: dict) -> dict:
+    """Where a record's memory figures come from, and which device's formula they are compared with.
+
+    - CUDA (`memory_allocated`): the baseline is what was allocated before the forward (Q, K, V, dO,
+      the mask, and whatever the process held already: the cuBLAS workspace, ...).
+    - The tracker of operator outputs (CPU cells, meta estimates): its baseline is the inputs it was
+      given (`live_before_forward_bytes`; by their shapes in records older than that field). It sees
+      what CPU kernels allocate; a meta estimate also gives the peak with CUDA's kernel temporaries
+      (`live_peak_cuda_bytes`), compared with the CUDA formula.
+    """
     c, m = r["config"], r.get("metrics") or {}
-    f = formula(c["batch"], c["seq_len"], c["d"], c["variant"])
-    in_use = m.get("allocated_before_backward_bytes", m.get("live_before_backward_bytes"))
-    peak = m.get("max_allocated_bytes", m.get("live_peak_bytes"))
+    if "allocated_before_backward_bytes" in m or "allocated_before_forward_bytes" in m:
+        return {"kind": "memory_allocated", "device": "cuda", "baseline": m.get("allocated_before_forward_bytes"),
+                "in_use": m.get("allocated_before_backward_bytes"), "peak": m.get("max_allocated_bytes")}
+    if "live_before_backward_bytes" in m or "live_peak_bytes" in m:
+        baseline = m.get("live_before_forward_bytes", inputs_bytes(c["batch"], c["seq_len"], c["d"], c["variant"]))
+        if "live_peak_cuda_bytes" in m:
+            return {"kind": "live tensors + CUDA kernel temporaries", "device": "cuda", "baseline": baseline,
+                    "in_use": m.get("live_before_backward_bytes"), "peak": m["live_peak_cuda_bytes"]}
+        return {"kind": "live tensors", "device": "cpu", "baseline": baseline,
+                "in_use": m.get("live_before_backward_bytes"), "peak": m.get("live_peak_bytes")}
+    device = "cuda" if (r.get("environment") or {}).get("device_type") == "cuda" else "cpu"
+    return {"kind": None, "device": device, "baseline": None, "in_use": None, "peak": None}
+
+
+def record_row(r: dict) -> dict:
+    """One record as a table row: config, status, timings, memory measured and by formula.
+
+    Memory is compared above the baseline (what existed before the forward), on both sides: the
+    measured bytes minus the measured baseline against the formula minus the inputs it starts from
+    (Q, K, V, dO, mask). So what a CUDA process held before the forward beyond the inputs (the cuBLAS
+    workspace, 64 MiB on the H200 run) is reported on its own (`allocated_extra_bytes`), not folded
+    into the ratio.
+    """
+    c, m = r["config"], r.get("metrics") or {}
+    src = _memory_source(r)
+    f = formula(c["batch"], c["seq_len"], c["d"], c["variant"], src["device"])
+    if c["variant"] == "compiled":
+        # It saves what eager saves (its records check that), but Inductor fuses the scaling, masking and
+        # softmax and their backward into fewer kernels that hold fewer T x T buffers: eager's peak is not its own.
+        f = {k: v for k, v in f.items() if k not in ("backward_peak", "softmax_backward_live", "end_of_backward_live")}
+    baseline = src["baseline"]
     row = {
         "cell": r["cell"], "variant": c["variant"], "d": c["d"], "seq_len": c["seq_len"], "batch": c["batch"],
         "record": r,  # its environment names the device of the OOM answer
         "status": r["status"], "error": r.get("error"), "source": c.get("source", "measured"),
+        "probe": c.get("purpose") == OOM_PROBE,
         "forward_ms": _mean(m, "forward_ms"), "forward_std_ms": (m.get("forward_ms") or {}).get("std"),
         "backward_ms": _mean(m, "backward_ms"), "backward_std_ms": (m.get("backward_ms") or {}).get("std"),
         "forward_median_ms": (m.get("forward_ms") or {}).get("median"),
         "backward_median_ms": (m.get("backward_ms") or {}).get("median"),
         "passes": (m.get("forward_ms") or {}).get("n"),
         "saved_bytes": m.get("saved_bytes"), "saved_formula_bytes": f["saved"],
-        "in_use_bytes": in_use, "in_use_formula_bytes": f["in_use_before_backward"],
-        "in_use_source": "memory_allocated" if "allocated_before_backward_bytes" in m else (
-            "live tensors" if "live_before_backward_bytes" in m else None),
-        "peak_bytes": peak, "peak_formula_bytes": f.get("backward_peak"),
+        "formula_device": src["device"], "memory_source": src["kind"],
+        "in_use_source": src["kind"] if src["in_use"] is not None else None,
+        "baseline_bytes": baseline, "inputs_formula_bytes": f["inputs"],
+        "in_use_bytes": src["in_use"], "in_use_formula_bytes": f["in_use_before_backward"],
+        "in_use_added_bytes": _minus(src["in_use"], baseline),
+        "in_use_added_formula_bytes": f["in_use_before_backward"] - f["inputs"],
+        "peak_bytes": src["peak"], "peak_formula_bytes": f.get("backward_peak"),
+        "peak_added_bytes": _minus(src["peak"], baseline),
+        "peak_added_formula_bytes": _minus(f.get("backward_peak"), f["inputs"]),
         "first_pass_s": m.get("first_pass_s"),
         "device_total_bytes": m.get("device_total_bytes"),
         # CUDA: what memory_allocated held before the forward beyond the inputs (cuBLAS workspace, rounding).
-        "allocated_extra_bytes": m["allocated_before_forward_bytes"] - inputs_bytes(c["batch"], c["seq_len"], c["d"], c["variant"])
-        if "allocated_before_forward_bytes" in m else None,
+        "allocated_extra_bytes": _minus(m.get("allocated_before_forward_bytes"), f["inputs"]),
     }
     row["saved_ratio"] = _ratio(row["saved_bytes"], row["saved_formula_bytes"])
-    row["in_use_ratio"] = _ratio(in_use, row["in_use_formula_bytes"])
-    row["peak_ratio"] = _ratio(peak, row["peak_formula_bytes"])
+    row["in_use_ratio"] = _ratio(row["in_use_added_bytes"], row["in_use_added_formula_bytes"])
+    row["peak_ratio"] = _ratio(row["peak_added_bytes"], row["peak_added_formula_bytes"])
     return row
 
 
@@ -155,14 +202,15 @@ def _term_rows(batch: int, seq_len: int, d: int, fused: bool = False) -> list[di
 
 
 def first_oom(budget_bytes: int, batch: int = HANDOUT_BATCH, ds=HANDOUT_D, seq_lens=HANDOUT_T,
-              extend_to: int = 1 << 22) -> dict:
-    """The smallest (T, then d) configuration whose eager backward peak exceeds budget_bytes.
+              extend_to: int = 1 << 22, held_bytes: int = 0) -> dict:
+    """The smallest (T, then d) configuration whose eager backward peak on CUDA, plus `held_bytes`
+    the process held before the forward beyond the inputs (the cuBLAS workspace), exceeds budget_bytes.
 
     Looks through the handout grid first; when all of it fits, doubles T beyond the grid, and
     says so (`in_grid` False).
     """
     def peak(t, d):
-        return acc.attention_memory_bytes(batch, t, d)["backward_peak"]
+        return acc.attention_memory_bytes(batch, t, d)["backward_peak"] + held_bytes
 
     for t in seq_lens:
         for d in sorted(ds):
@@ -181,10 +229,16 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
     """At-a's accounting of one of the smallest configurations that run out of memory.
 
     If the eager sweep recorded OOM cells, the smallest of them on that device; otherwise an
-    80 GB GPU (the edition's budget) by formula.
+    80 GB GPU (the edition's budget) by formula. The peak is the CUDA formula's (four T x T
+    matrices at softmax's backward). An out-of-memory probe (a cell sized beyond any GPU, which
+    a short profile runs to prove an OOM is recorded) answers nothing about the first length
+    that fails, so it is reported beside the answer, not as the answer.
     """
-    ooms = sorted((r for r in eager_rows if r["status"] == "oom" and r["source"] == "measured"),
+    ooms = sorted((r for r in eager_rows if r["status"] == "oom" and r["source"] == "measured" and not r["probe"]),
                   key=lambda r: (r["seq_len"], r["d"]))
+    # What the process held before the forward beyond the inputs, measured (CUDA): it is not the attention's,
+    # but the device must hold it too.
+    held = max((r["allocated_extra_bytes"] for r in eager_rows if r["allocated_extra_bytes"] is not None), default=0)
     if ooms:
         r = ooms[0]
         batch, t, d = r["batch"], r["seq_len"], r["d"]
@@ -196,20 +250,25 @@ def _oom_answer(view: SectionView, eager_rows: list[dict]) -> dict:
         # Nothing ran out: by formula on the GPU that ran the sweep, else on the handout's 80 GB GPU.
         gpu = next((x for x in eager_rows if x.get("device_total_bytes")), None)
         budget = gpu["device_total_bytes"] if gpu else view.edition.memory_budget_bytes
-        found = first_oom(budget)
+        found = first_oom(budget, held_bytes=held)
         batch, t, d = HANDOUT_BATCH, found["seq_len"], found["d"]
         device = (gpu["record"].get("environment") or {}).get("device") if gpu else None
         basis = {"kind": "formula", "device": device, "error": None, "budget_bytes": budget, "in_grid": found["in_grid"]}
         prev = []
     totals = acc.attention_memory_bytes(batch, t, d)
     fits = acc.attention_memory_bytes(batch, t // 2, d)
-    return {"batch": batch, "seq_len": t, "d": d, **basis, "terms": _term_rows(batch, t, d),
+    return {"batch": batch, "seq_len": t, "d": d, **basis, "terms": _term_rows(batch, t, d), "held_bytes": held,
             "end_terms": [{"name": x.name, "bytes": n} for x, n in acc.attention_term_bytes(batch, t, d, end_of_backward=True)],
             "totals": totals, "half": {"seq_len": t // 2, **fits},
             "largest_grid_peak": acc.attention_memory_bytes(HANDOUT_BATCH, max(HANDOUT_T), max(HANDOUT_D))["backward_peak"],
             "largest_grid_t": max(HANDOUT_T), "largest_grid_d": max(HANDOUT_D), "widest_d": max(HANDOUT_D),
             "widest_peak": acc.attention_memory_bytes(batch, t, max(HANDOUT_D))["backward_peak"], "last_ok": max(prev, key=lambda x: x["seq_len"]) if prev else None,
-            "square_share": 4 * batch * t * t / totals["saved"]}
+            "square_share": 4 * batch * t * t / totals["saved"],
+            "probes": [{"d": x["d"], "seq_len": x["seq_len"], "batch": x["batch"], "status": x["status"], "error": x["error"],
+                        "peak_bytes": acc.attention_memory_bytes(x["batch"], x["seq_len"], x["d"])["backward_peak"],
+                        "square_bytes": acc.FP32_BYTES * x["batch"] * x["seq_len"] ** 2,
+                        "device": (x["record"].get("environment") or {}).get("device"),
+                        "budget_bytes": x.get("device_total_bytes")} for x in eager_rows if x["probe"]]}
 
 
 def _legend(ax, ds, colors, styles, labels):
@@ -300,7 +359,7 @@ def record_problem(r: dict) -> str | None:
 
 def build(view: SectionView) -> dict:
     records = _records.readable(view.records, record_problem)
-    rows = [_row(r) for r in records]
+    rows = [record_row(r) for r in records]
     measured = [r for r in rows if r["source"] == "measured"]
     estimated = sorted((r for r in rows if r["source"] == "estimated" and r["status"] == "ok"),
                        key=lambda r: (r["d"], r["seq_len"]))
@@ -308,6 +367,11 @@ def build(view: SectionView) -> dict:
     checked = [r for r in measured + estimated if r["status"] == "ok"]
     comp = _comparison(measured)
     measured_records = [r for r in records if r["config"].get("source") != "estimated"]
+    # Cells this machine could not run (CUDA cells on a CPU) are not measurements: the chapter says why they
+    # are missing instead of describing a sweep that did not happen.
+    ran = [r for r in measured if r["status"] != "skipped"]
+    ran_records = [r["record"] for r in ran]
+    skipped = [r for r in measured if r["status"] == "skipped"]
     estimated_records = [r for r in records if r["config"].get("source") == "estimated"]
     ok_eager = [r for r in tables["eager"] if r["status"] == "ok"]
     ok_fused = [r for r in tables["sdpa"] if r["status"] == "ok"]
@@ -319,22 +383,24 @@ def build(view: SectionView) -> dict:
                     and fused_index[(r["d"], r["seq_len"])]["saved_bytes"]]
     compiled_ok = [r for r in tables["compiled"] if r["status"] == "ok"]
     compile_times = [r["first_pass_s"] for r in compiled_ok if r["first_pass_s"] is not None]
-    devices = view.provenance(measured_records)["devices"] if measured_records else []
+    devices = view.provenance(ran_records)["devices"] if ran_records else []
     on_cuda = any(r["in_use_source"] == "memory_allocated" for r in measured)
     extras = [r["allocated_extra_bytes"] for r in measured if r["allocated_extra_bytes"] is not None]
     exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs().items()}
     fused_exprs = {k: _latex(e) for k, e in acc.attention_memory_exprs(fused=True).items()}
     return {
         "grid": {"batch": HANDOUT_BATCH, "d": HANDOUT_D, "seq_len": HANDOUT_T},
-        "measured_grid": {"d": sorted({r["d"] for r in measured}), "seq_len": sorted({r["seq_len"] for r in measured}),
-                          "batch": measured[0]["batch"] if measured else None,
-                          "passes": next((r["passes"] for r in measured if r["passes"]), None)},
-        "has_measured": bool(measured),
+        "measured_grid": {"d": sorted({r["d"] for r in ran}), "seq_len": sorted({r["seq_len"] for r in ran}),
+                          "batch": ran[0]["batch"] if ran else None,
+                          "passes": next((r["passes"] for r in ran if r["passes"]), None)},
+        "has_measured": bool(ran),
+        "skipped": {"count": len(skipped), "reason": skipped[0]["error"] if skipped else None},
         "on_cuda": on_cuda,
         "allocated_extra": {"min": min(extras), "max": max(extras)} if extras else None,
         "devices": devices,
         "labels": VARIANT_LABELS,
         "tables": tables,
+        "not_run_variants": [v for v in VARIANTS if not tables[v]],
         "estimated": estimated,
         "comparison": comp,
         "speedup": _speedup_summary(comp),
@@ -352,6 +418,8 @@ def build(view: SectionView) -> dict:
                    "worst": max((abs(r["saved_ratio"] - 1) for r in checked if r["saved_ratio"]), default=None)},
         "tolerance": TOLERANCE,
         "formulas": {"eager": exprs, "fused": fused_exprs,
+                     "cuda_temporaries": [{"op": k.op, "term": k.term, "source": k.source}
+                                          for k in acc.CUDA_KERNEL_TEMPORARIES],
                      "eager_terms": [{"name": t.name, "group": t.group, "latex": _latex(t.bytes)}
                                      for t in acc.attention_memory_terms()],
                      "end_terms": [{"name": t.name, "latex": _latex(t.bytes)} for t in acc.attention_end_of_backward_terms()],

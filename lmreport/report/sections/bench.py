@@ -266,8 +266,32 @@ def tables(view: SectionView, rows: list[dict]) -> list[dict]:
             phases = [p for p in PHASE_METRICS if any(p in r["phases"] for r in mine)]
             out.append({"mode": mode, "dtype": dtype, "title": f"{MODE_TITLES[mode]}, {DTYPE_TITLES[dtype]}",
                         "rows": mine, "phases": phases, "all_skipped": all(r["status"] == "skipped" for r in mine),
+                        "not_run": not_run(view, mine),
                         "provenance": view.provenance([r["record"] for r in mine])["line"]})
     return out
+
+
+def not_run(view: SectionView, rows: list[dict]) -> list[dict]:
+    """The profile's (size, context) cells of one table that have no record (a sweep cut short, a cell still
+    queued): per size, the contexts, so a table of a partial run says what it lacks instead of leaving it out."""
+    have = {(r["size"], r["ctx"]) for r in rows}
+    out = []
+    for size in view.profile.models(view.edition):
+        missing = [t for t in view.profile.bench_contexts(view.edition) if (size, t) not in have]
+        if missing:
+            out.append({"size": size, "contexts": missing})
+    return out
+
+
+def peaks_used(rows: list[dict]) -> list[dict]:
+    """Which datasheet peak each device's MFU was computed against (from the records, as the cells chose it)."""
+    seen = {}
+    for r in rows:
+        if r["ok"] and r["peak_tflops"] and r["peak_source"]:
+            device = (r["record"].get("environment") or {}).get("device")
+            seen.setdefault((device, r["peak_source"]), {"device": device, "peak_tflops": r["peak_tflops"],
+                                                         "source": r["peak_source"], "cells": 0})["cells"] += 1
+    return sorted(seen.values(), key=lambda p: (p["device"] or "", p["peak_tflops"]))
 
 
 def variability(rows: list[dict]) -> dict | None:
@@ -407,6 +431,7 @@ def build(view: SectionView) -> dict:
         "ablation": ablation(view, records, sizes),
         "compile": compile_comparison(view, records, grid, sizes),
         "peaks": [{"name": p.name, "tflops": p.tflops, "source": p.source} for p in peaks.PEAKS],
+        "peaks_used": peaks_used(grid),
         "precisions": peaks.PRECISIONS,
         "matmul_cell": {dt: matmul_cell_name(prof.device, dt) for dt in prof.bench_dtypes},
         "run_command": view.run_command(),

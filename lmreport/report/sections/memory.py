@@ -390,10 +390,10 @@ def build(view: SectionView) -> dict:
     # Each record is checked once, here (one warning per unusable record); the helpers read the rest.
     view = dataclasses.replace(view, records=[r for r in view.records if _usable(r)])
     ed = view.edition
-    size = ed.memory_model
+    size, contexts = view.profile.memory_cells(ed)
     cfg = ed.study_models[size]
     batch = ed.batch_size
-    contexts = list(ed.memory_contexts)
+    contexts = list(contexts)
     swiglu = ed.swiglu_activations
     est, chosen = _estimated_by_key(view, size), _measured_by_key(view, size)
     rows = _grid(est, chosen, contexts, batch, cfg, swiglu)
