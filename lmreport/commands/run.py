@@ -9,6 +9,7 @@ command resubmits only what has no ok record and no job in flight, then waits ag
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,10 @@ def register(sub) -> None:
                    help="how cells run (default: subprocess with CUDA, inline without)")
     p.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # The profiling section's profiler (experiments/nsys.py reads the variable when it plans its cells).
+    p.add_argument("--profiler", choices=("auto", "nsys", "torch"),
+                   help="profiler of the nsys section: auto (default: Nsight Systems on a GPU with nsys on PATH, "
+                        "else torch.profiler), nsys or torch; sets LMREPORT_PROFILER")
     for key in FILTER_KEYS:
         p.add_argument(f"--{key}", action="append", metavar=key.upper(), type=int if key == "ctx" else str,
                        help=f"only cells with this {key} (repeatable)")
@@ -85,6 +90,9 @@ def _summary(counts: Counter) -> str:
 def main(args) -> int:
     from lmreport import runner
     from lmreport.sections import all_sections, get
+
+    if args.profiler:  # the nsys section plans its cells with it (their config carries it to any executor)
+        os.environ["LMREPORT_PROFILER"] = args.profiler
 
     profile, edition = resolve_plan(args)
     plan = runner.Plan(profile, edition)
