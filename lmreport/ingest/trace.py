@@ -10,6 +10,8 @@ Traces are streamed (kineto_read), so files of hundreds of megabytes need little
 
 from __future__ import annotations
 
+import gzip
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
 from lmreport.ingest import file_sha256
+from lmreport.ingest.kineto_read import is_gzip
 from lmreport.ingest.kineto_summary import PROFILER, summarise_trace
 from lmreport.ingest.nsys import DTYPES, MODES, _ns, cell_name
 from lmreport.presets import model_table
@@ -106,7 +109,7 @@ def add_ingest_arguments(p) -> None:
                    help="overwrite an existing profile of the same cell (kept by default)")
 
 
-def _refuse_overwrite(record_file: Path, source: Path, replace: bool) -> None:
+def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
     """An ok or out-of-memory record of the cell is kept unless --replace; skipped and error records are
     placeholders; the same trace again (same SHA-256) changes nothing."""
     if replace or not record_file.exists():
@@ -117,9 +120,8 @@ def _refuse_overwrite(record_file: Path, source: Path, replace: bool) -> None:
         return  # not a record: set aside when the new one is written
     if old["status"] in ("skipped", "error"):
         return
-    kept = (old.get("artifacts") or {}).get(TRACE_ARTIFACT)
-    kept_file = store.artifacts_dir(record_file) / kept if isinstance(kept, str) else None
-    if kept_file is not None and kept_file.is_file() and file_sha256(kept_file) == file_sha256(source):
+    if ((old["metrics"].get("source_file") or {}) if isinstance(old["metrics"].get("source_file"), dict) else {}
+            ).get("sha256") == sha256:
         return
     m = old["metrics"]
     what = (f"a profile made by `lmreport run nsys` ({m.get('profiler') or 'Nsight Systems'})"
@@ -127,6 +129,27 @@ def _refuse_overwrite(record_file: Path, source: Path, replace: bool) -> None:
             f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
             if old["status"] == "ok" else "an out-of-memory record")
     raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it")
+
+
+def keep_trace(path: Path, folder: Path) -> Path:
+    """The trace beside its record, gzipped: a plain `x.json` becomes `x.json.gz` (a record folder holds no
+    other .json than records, which the loader would take for records; and traces shrink about tenfold)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gzipped = is_gzip(path)
+    target = folder / (path.name if gzipped or path.name.endswith(".gz") else path.name + ".gz")
+    if target.exists() and target.samefile(path):
+        return target  # re-ingesting the record's own artifact
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        if gzipped:
+            shutil.copyfile(path, tmp)
+        else:
+            with open(path, "rb") as src, gzip.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def ingest_files(paths: list[Path], args, plan) -> list[Path]:
@@ -146,16 +169,13 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         raise InputFileError(path, "holds no kernels and no CPU operators, so there is nothing to ingest (was the "
                                    "profiler's schedule ever active, and were its activities CPU and CUDA?)")
     metrics["source"] = "ingested"
+    metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     batch = args.batch or plan.edition.batch_size
     c = cell(plan, RECORD_SECTION, cell_name(args.size, args.ctx, args.mode, args.dtype), size=args.size, ctx=args.ctx,
              mode=args.mode, dtype=args.dtype, batch=batch, source="ingested")
     record_file = store.record_path(args.runs_dir, plan.run, RECORD_SECTION, c.name)
-    _refuse_overwrite(record_file, path, getattr(args, "replace", False))
-    artifacts_dir = store.artifacts_dir(record_file)
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    target = artifacts_dir / path.name
-    if not (target.exists() and target.samefile(path)):  # re-ingesting the record's own artifact
-        shutil.copyfile(path, target)
+    _refuse_overwrite(record_file, metrics["source_file"]["sha256"], getattr(args, "replace", False))
+    target = keep_trace(path, store.artifacts_dir(record_file))
     cuda = metrics["activity"] == "cuda"
     named = next((d.get("name") for d in metrics.get("trace_devices") or [] if d.get("name")), None)
     device = args.device or named or ("unknown GPU (ingested torch.profiler trace)" if cuda else
