@@ -296,6 +296,7 @@ MALFORMED = {
     "event_not_object.json": (b'{"traceEvents": [1, 2]}', "traceEvents item 0 is not a JSON object"),
     "bad_ts.json": (GOOD.replace(b'"ts": 1.000', b'"ts": "soon"'), "traceEvents item 0: ts 'soon' is not a finite"),
     "negative.json": (GOOD.replace(b'"dur": 2.500', b'"dur": -2.5'), "has a negative duration"),
+    "infinite.json": (GOOD.replace(b'"dur": 2.500', b'"dur": 1e999'), "numeric (floating point) overflow"),
     "gz_of_nothing.json.gz": (gzip.compress(b""), "empty"),
 }
 

@@ -84,12 +84,13 @@ def format_summary(s: dict) -> str:
             f"{r['name']} {r['instances']}× {_ns(r['total_time_ns'])}" for r in s["ranges"][:12]))
     b = s.get("busy")
     if b and b.get("idle_share") is not None:
-        where = {"step": "the measured steps (range “step”)", "ProfilerStep": "the profiler's steps (ProfilerStep#N)",
-                 "trace": "the trace from its first to its last activity"}[b["window"]]
-        idle = "GPU runs nothing" if b["activity"] == "gpu" else "no CPU operator runs"
-        lines.append(f"  {100 * b['idle_share']:.1f}% of {where} the {idle}"
-                     + (f" ({100 * b['idle_share_min']:.1f}% to {100 * b['idle_share_max']:.1f}% over {b['windows']} windows)"
-                        if b["windows"] > 1 else ""))
+        where = {"step": "the measured steps", "ProfilerStep": "the profiler's steps", "trace": "the trace"}[b["window"]]
+        notes = [{"step": "range “step”", "ProfilerStep": "ProfilerStep#N",
+                  "trace": "from its first to its last activity"}[b["window"]]]
+        if b["windows"] > 1:
+            notes.append(f"{100 * b['idle_share_min']:.1f}% to {100 * b['idle_share_max']:.1f}% per step")
+        what = "the GPU ran nothing" if b["activity"] == "gpu" else "no CPU operator ran"
+        lines.append(f"  idle: {what} during {100 * b['idle_share']:.1f}% of {where} ({'; '.join(notes)})")
     return "\n".join(lines)
 
 
