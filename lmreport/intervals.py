@@ -3,10 +3,15 @@
 A GPU is busy while at least one kernel (or copy, or memset) runs on it; kernels on several
 streams overlap, so the busy time is the length of the *union* of their intervals, never the
 sum of their durations. The idle share of a measured step is what the union leaves uncovered
-of the step's wall time (its profiler range). HolisticTraceAnalysis computes the same
-breakdown on Kineto traces (its "idle time" analysis), but it pulls jupyterlab, plotly and
-pytest with it (over 100 packages, about 500 MB in a fresh environment) to do what these few
-pure functions do, so lmreport computes it itself (and tests it exactly).
+of the step's wall time (its profiler range).
+
+HolisticTraceAnalysis (HTA) computes idle time on Kineto traces too. Its release 0.5.0 (May
+2025) reads lmreport's traces (checked on kineto_synthetic's CUDA trace), but it requires
+jupyterlab, plotly, pydot and pytest at install time (107 packages, about 500 MB in a fresh
+environment), loads the whole trace into pandas, and reports idle time per rank and stream
+over the whole trace in its own categories ("host wait", "kernel wait"), not per measured
+step. These few pure functions give the per-step split, exactly (tests/test_intervals.py),
+and the trace is streamed once (ingest/kineto_summary.py).
 
 Times are integers (nanoseconds) so that sums are exact; an interval is (start, end) with
 end >= start, and half-open: [start, end).
