@@ -30,9 +30,8 @@ from lmreport.report.context import SectionView
 from lmreport.report.render import jinja_env
 from lmreport.report.sections import nsys as section
 from lmreport.sections import get
-from test_nsys_synthetic import (ADD, ATTENTION, BACKWARD, BMM, COPY, DIV, FILL, FORWARD, FORWARD_TOTAL, LAYERS, LOSS,
-                                 MEAN, MUL, OPTIMIZER, SGEMM_HEAD, SGEMM_TN, SOFTMAX, STEPS, TRAIN_KERNELS, WHERE,
-                                 write_profile)
+from test_nsys_synthetic import (ATTENTION, BACKWARD, BMM, DIV, FILL, FORWARD, FORWARD_TOTAL, LAYERS, LOSS, OPTIMIZER,
+                                 SGEMM_TN, SOFTMAX, STEPS, TRAIN_KERNELS, WHERE, write_profile)
 
 PROFILE, ED = resolve("cpu", 2025, False)
 PLAN = runner.Plan(PROFILE, ED)
@@ -291,6 +290,7 @@ MALFORMED = {
     "truncated.json.gz": (gzip.compress(GOOD * 50)[:60], "truncated: the gzip stream ends"),
     "not_json.json": (b"Step,Time\n1,2\n", "not valid JSON"),
     "binary.pt": (b"\x80\x04\x95" + bytes(range(256)), "not valid JSON"),
+    "bad_utf8.json": (b'{"traceEvents": [{"name": "\xe9"}]}', "not valid JSON (lexical error: invalid bytes in UTF8"),
     "no_events.json": (b'{"schemaVersion": 1, "deviceProperties": []}', 'JSON without "traceEvents"'),
     "array.json": (b'[{"ph": "X", "name": "k", "ts": 1, "dur": 2}]', "not a Kineto trace"),
     "event_not_object.json": (b'{"traceEvents": [1, 2]}', "traceEvents item 0 is not a JSON object"),

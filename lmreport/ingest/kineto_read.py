@@ -78,9 +78,7 @@ def _problem(e: BaseException, gzipped: bool) -> str:
     if isinstance(e, (gzip.BadGzipFile, zlib.error)):
         return f"not a readable gzip file ({e})"
     first = (str(e).strip().splitlines() or [""])[0].strip()
-    if isinstance(first, bytes):
-        first = first.decode("utf-8", "replace")
-    if first.startswith("b'") or first.startswith('b"'):  # yajl2_c reports some errors as bytes
+    if first.startswith(("b'", 'b"')):  # yajl2_c gives some messages as bytes: str() shows their repr
         first = first[2:].split("\\n")[0]
     if "premature EOF" in first or "Incomplete JSON" in first:
         return "truncated: the JSON stops before its end (the file was cut short, or is still being written)"
