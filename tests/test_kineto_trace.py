@@ -416,3 +416,20 @@ def test_cpu_cells_render_as_cpu_operators(tmp_path):
     assert "torch.profiler 2.13" in md or "torch.profiler 2." in md
     assert "CPU operators' self time, no GPU kernels (a CPU run)" in md
     assert "On a CPU there is no GPU to idle" in md
+
+
+def test_the_schedule_records_the_measured_steps_only():
+    from lmreport.experiments.torch_profile import schedule_arguments
+    assert schedule_arguments(5, 10) == {"wait": 4, "warmup": 1, "active": 10, "repeat": 1}
+    assert schedule_arguments(1, 3) == {"wait": 0, "warmup": 1, "active": 3, "repeat": 1}
+    assert schedule_arguments(0, 3) == {"wait": 0, "warmup": 0, "active": 3, "repeat": 1}
+    with pytest.raises(ValueError):
+        schedule_arguments(2, 0)
+
+
+def test_a_cell_without_warm_up_records_its_one_step(tmp_path):
+    from lmreport.experiments import torch_profile
+    config = {"edition": 2025, "profile": "cpu", "size": "tiny", "ctx": 8, "mode": "forward", "dtype": "fp32",
+              "batch": 1, "warmup": 0, "steps": 1, "device": "cpu"}
+    m = torch_profile.run(config, tmp_path)["metrics"]
+    assert m["ranges"]["step"]["instances"] == m["ranges"]["forward"]["instances"] == 1 and m["steps"] == 1
