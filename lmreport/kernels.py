@@ -205,3 +205,20 @@ def classify(raw: str) -> str:
 
 def display_name(raw: str) -> str:
     return parse_kernel_name(raw).display
+
+
+# torch.profiler's CPU operators: "aten::mm", "aten::_softmax", and autograd's bookkeeping
+# ("autograd::engine::evaluate_function: MmBackward0", the node "MmBackward0" itself).
+_AUTOGRAD_NODE = re.compile(r"^autograd::|Backward\d*$")
+
+
+def operator_class(name: str) -> str:
+    """The class of a CPU operator (one of CLASSES), by the words of its name as for kernels.
+
+    Autograd's own ranges are "other": their self time is the engine's bookkeeping, and the
+    ATen operators they call (aten::mm for MmBackward0) carry the work and are counted as such.
+    """
+    name = name.strip()
+    if _AUTOGRAD_NODE.search(name):
+        return "other"
+    return classify_text(name.split("::")[-1])

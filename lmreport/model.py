@@ -5,8 +5,9 @@ fp32), causal multi-head self-attention with separate Q/K/V/output projections a
 biases, RoPE (theta 10000, no parameters), SwiGLU `w2(silu(w1 x) * w3 x)`, final RMSNorm,
 untied LM head. Builds on any device, `meta` included (no data-dependent construction).
 
-Attention is a module-level function wrapped in NVTX ranges so that Nsight Systems can
-split its time (the profiling questions). `nvtx` ranges are no-ops without a profiler.
+Attention is a module-level function wrapped in profiler ranges (NVTX for Nsight Systems,
+record_function for torch.profiler: timing.profiler_range) so that a profile can split its
+time (the profiling questions). The ranges are no-ops without a profiler.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import math
 
-import nvtx
 import torch
 from torch import nn
 
 from lmreport.presets import ModelConfig
+from lmreport.timing import profiler_range
 
 
 class RMSNorm(nn.Module):
@@ -50,16 +51,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.flatten(-2).to(x.dtype)
 
 
-def _nvtx_range(name: str):
-    """An NVTX range in eager mode; nothing while torch.compile traces.
+def _profiler_range(name: str):
+    """A profiler range (NVTX, and record_function while torch.profiler records) in eager mode;
+    nothing while torch.compile traces.
 
-    Dynamo cannot trace `nvtx.annotate` (a Cython context manager): each range would be a
-    graph break, so a compiled attention would run as eager fragments. Under compilation the
-    range is dropped, which leaves one graph (checked in tests/test_attention.py).
+    Dynamo cannot trace `nvtx.annotate` (a Cython context manager), nor the generator-based
+    context manager around it: each range would be a graph break, so a compiled attention
+    would run as eager fragments. Under compilation the range is dropped, which leaves one
+    graph (checked in tests/test_attention.py); a compiled model's kernels then fall in the
+    phase ranges ("forward", ...) that timing.py opens outside the compiled code.
     """
     if torch.compiler.is_compiling():
         return contextlib.nullcontext()
-    return nvtx.annotate(name)
+    return profiler_range(name)
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -69,15 +73,15 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     q, k: (..., T, d_k); v: (..., T, d_v). Materialises the (..., T, T) scores: the memory
     the attention section measures.
     """
-    with _nvtx_range("scaled dot product attention"):
+    with _profiler_range("scaled dot product attention"):
         d_k = q.shape[-1]
-        with _nvtx_range("computing attention scores"):
+        with _profiler_range("computing attention scores"):
             scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-        with _nvtx_range("computing softmax"):
+        with _profiler_range("computing softmax"):
             probs = torch.softmax(scores, dim=-1)
-        with _nvtx_range("final matmul"):
+        with _profiler_range("final matmul"):
             return probs @ v  # (..., T, d_v)
 
 

@@ -2,15 +2,17 @@
 
 CUDA kernels are launched asynchronously, so a step is timed from before its launch to
 after `synchronize`; without the sync one would time the launch, not the work. Warm-up is
-excluded (first calls pay for allocator growth, cuBLAS heuristics, compilation), and NVTX
-ranges mark warm-up and each measured step so profilers can filter them (nsys
---capture-range=nvtx or filtering by range name).
+excluded (first calls pay for allocator growth, cuBLAS heuristics, compilation), and ranges
+mark warm-up and each measured step so profilers can filter them: NVTX ranges for Nsight
+Systems (--capture-range=nvtx or filtering by range name), and the same names as
+torch.profiler ranges (`record_function`) while torch.profiler records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -46,10 +48,25 @@ class Stats:
         return d
 
 
+def _torch_profiler_range(name: str):
+    """`torch.profiler.record_function(name)` while torch.profiler records, else nothing.
+
+    record_function costs about 5 µs even when no profiler listens (it enters a RecordFunction
+    through the dispatcher); asking whether one is enabled costs 0.05 µs, so timed code that is
+    not being profiled pays (almost) nothing. torch is looked up, not imported: if it was never
+    imported, no torch profiler can be running.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def nvtx_range(name: str):
-    """An NVTX range (a no-op unless a profiler listens)."""
-    with nvtx.annotate(name):
+def profiler_range(name: str):
+    """A range that profilers see: NVTX (Nsight Systems; a no-op unless it listens), and the same
+    name as a torch.profiler range while torch.profiler records."""
+    with nvtx.annotate(name), _torch_profiler_range(name):
         yield
 
 
@@ -79,12 +96,12 @@ def timed_work():
 
 def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int,
                name: str = "step") -> Stats:
-    """Run `step` warmup times (NVTX "warmup"), then time `steps` calls (NVTX `name`) with a sync each."""
+    """Run `step` warmup times (range "warmup"), then time `steps` calls (range `name`) with a sync each."""
     return time_phases(lambda phase: step(), device, warmup, steps, name)[name]  # a step of no phases
 
 
 class _PhaseClock:
-    """`with clock("forward"): ...` times one phase of a step (NVTX range, sync at both ends)."""
+    """`with clock("forward"): ...` times one phase of a step (profiler range, sync at both ends)."""
 
     def __init__(self, device: str):
         self.device = device
@@ -92,7 +109,7 @@ class _PhaseClock:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        with nvtx_range(name):
+        with profiler_range(name):
             synchronize(self.device)
             t0 = time.perf_counter()
             yield
@@ -106,30 +123,36 @@ def untimed_phase(name: str):
 
 
 def time_phases(step: Callable[[Callable], object], device: str, warmup: int, steps: int,
-                name: str = "step") -> dict[str, Stats]:
+                name: str = "step", after_step: Callable[[], object] | None = None) -> dict[str, Stats]:
     """Like time_steps, for a step made of phases: {"step": Stats, "forward": Stats, ...}.
 
     `step(phase)` runs one step and wraps each of its phases in `with phase("forward"):` etc.
-    Warm-up steps run inside one NVTX range "warmup" with untimed phases, so a profile's
-    "forward" ranges are exactly the `steps` measured ones. Each measured step is an NVTX
-    range `name` holding one range per phase; every phase ends with a device sync, so the
-    phases add up to the step (up to the cost of the syncs).
+    Warm-up steps run inside one range "warmup" with untimed phases, so a profile's "forward"
+    ranges are exactly the `steps` measured ones. Each measured step is a range `name` holding
+    one range per phase; every phase ends with a device sync, so the phases add up to the step
+    (up to the cost of the syncs). `after_step()`, when given, is called after every step,
+    warm-up ones included, outside the timed and ranged code: a torch.profiler schedule's
+    `prof.step`, which then records exactly the measured steps.
     """
     with timed_work():
-        with nvtx_range("warmup"):
+        with profiler_range("warmup"):
             for _ in range(warmup):
                 step(untimed_phase)
                 synchronize(device)
+                if after_step is not None:
+                    after_step()
         totals: list[float] = []
         phases: dict[str, list[float]] = {}
         for _ in range(steps):
             clock = _PhaseClock(device)
-            with nvtx_range(name):
+            with profiler_range(name):
                 synchronize(device)
                 t0 = time.perf_counter()
                 step(clock)
                 synchronize(device)
                 totals.append((time.perf_counter() - t0) * 1e3)
+            if after_step is not None:
+                after_step()
             for k, v in clock.ms.items():
                 phases.setdefault(k, []).append(v)
     return {name: Stats.of(totals), **{k: Stats.of(v) for k, v in phases.items()}}

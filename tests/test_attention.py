@@ -85,6 +85,18 @@ def test_model_attention_compiles_to_one_graph():
     assert explained.graph_count == 1 and explained.graph_break_count == 0
 
 
+def test_model_attention_compiles_to_one_graph_while_torch_profiler_records():
+    """The ranges open record_function under torch.profiler; while Dynamo traces they are dropped, as NVTX is."""
+    from torch.profiler import ProfilerActivity, profile
+    torch._dynamo.reset()
+    q, k, v, _ = A.random_qkv(2, 16, 8, "cpu")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        explained = torch._dynamo.explain(scaled_dot_product_attention)(q, k, v, A.causal_mask(16, "cpu"))
+        scaled_dot_product_attention(q, k, v, A.causal_mask(16, "cpu"))  # eager: the ranges are recorded
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    assert {"computing softmax", "final matmul"} <= {e.name for e in prof.events()}
+
+
 def test_first_oom_by_formula():
     budget = 80 * 10**9
     found = report.first_oom(budget)

@@ -8,6 +8,7 @@ the calls, the timeouts, the parsing into the record, OOM and missing-NVTX handl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -50,15 +51,50 @@ def plan(profile, edition=None):
 
 def test_cells_of_each_profile():
     h25 = ex.cells(plan("handout-2025"))
-    assert len(h25) == 5 * 4 * 2 and {c.requires for c in h25} == {"nsys"}
+    assert len(h25) == 5 * 4 * 2 and {c.requires for c in h25} == {"cuda"}  # nsys or torch.profiler, chosen there
     assert h25[0].name == "small-ctx128-forward-fp32" and h25[1].name == "small-ctx128-train-fp32"
     assert h25[0].config == {"edition": 2025, "profile": "handout-2025", "size": "small", "ctx": 128, "mode": "forward",
-                             "dtype": "fp32", "batch": 4, "warmup": 5, "steps": 10}
+                             "dtype": "fp32", "batch": 4, "warmup": 5, "steps": 10, "device": "cuda",
+                             "profiler": "auto"}
     h26 = ex.cells(plan("handout-2026"))
     assert {c.config["size"] for c in h26} == {"small", "large"}
     assert sorted({c.config["ctx"] for c in h26}) == [256, 512, 1024, 2048, 4096, 8192, 16384]
-    cpu = ex.cells(plan("cpu"))
-    assert [c.name for c in cpu][:2] == ["tiny-ctx64-forward-fp32", "tiny-ctx64-train-fp32"] and len(cpu) == 8
+    cpu = ex.cells(plan("cpu"))  # torch.profiler on the CPU, the shortest context only (the cpu writeup's time)
+    assert [c.name for c in cpu] == ["tiny-ctx64-forward-fp32", "tiny-ctx64-train-fp32", "mini-ctx64-forward-fp32",
+                                     "mini-ctx64-train-fp32"]
+    assert {c.requires for c in cpu} == {"any"} and {c.config["device"] for c in cpu} == {"cpu"}
+
+
+def test_the_profiler_is_chosen_per_machine(monkeypatch):
+    assert ex.choose_profiler("auto", "cuda", nsys_on_path=True) == "nsys"
+    assert ex.choose_profiler("auto", "cuda", nsys_on_path=False) == "torch"
+    assert ex.choose_profiler("auto", "cpu", nsys_on_path=True) == "torch"
+    assert ex.choose_profiler("torch", "cuda", nsys_on_path=True) == "torch"
+    assert ex.choose_profiler("nsys", "cuda", nsys_on_path=False) == "nsys"  # then skipped, saying what to install
+    monkeypatch.setenv("LMREPORT_PROFILER", " Torch ")
+    assert {c.config["profiler"] for c in ex.cells(plan("handout-2025"))} == {"torch"}
+    monkeypatch.setenv("LMREPORT_PROFILER", "nsys")
+    assert {c.requires for c in ex.cells(plan("handout-2025"))} == {"nsys"}
+
+
+def test_nsys_on_a_cpu_cell_is_skipped_with_the_alternative(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMREPORT_PROFILER", "nsys")
+    c = ex.cells(plan("cpu"))[0]
+    with pytest.raises(runner.CellSkipped, match="--profiler torch"):
+        ex.run_cell(c, tmp_path / "cell")
+
+
+@pytest.mark.parametrize("flag", [[], ["--profiler", "nsys"]])
+def test_a_bad_profiler_choice_is_one_line_before_any_cell_runs(tmp_path, monkeypatch, capsys, flag):
+    from lmreport.cli import main
+    monkeypatch.setenv("LMREPORT_PROFILER", "perf")
+    code = main(["run", "nsys", "--profile", "cpu", "--runs-dir", str(tmp_path), "--no-progress", *flag])
+    err = capsys.readouterr().err
+    if flag:  # the flag overrides the variable: nsys on a CPU profile skips every cell, with the alternative
+        assert code == 0 and "--profiler torch" in err
+    else:
+        assert code == 2 and err.count("\n") == 1 and "LMREPORT_PROFILER='perf'" in err
+        assert not any(tmp_path.rglob("*.json"))
 
 
 def test_command_lines():
@@ -155,7 +191,9 @@ def fake_nsys(tmp_path, monkeypatch):
 
 
 def a_cell():
-    return next(c for c in ex.cells(plan("cpu")) if c.config["mode"] == "forward")
+    """A GPU cell (profiler auto: Nsight Systems, since the fake one is on PATH) of the synthetic profile's 5 steps."""
+    c = next(c for c in ex.cells(plan("handout-2025")) if c.config["mode"] == "forward")
+    return dataclasses.replace(c, config={**c.config, "steps": 5})
 
 
 def test_run_cell_profiles_exports_and_parses(fake_nsys, tmp_path):
@@ -209,7 +247,8 @@ def test_no_report_and_no_nvtx_ranges_explain_the_nvtx_trap(fake_nsys, tmp_path,
 
 def test_without_nsys_the_cell_is_skipped_with_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(runner.CellSkipped, match="lmreport ingest nsys"):
+    monkeypatch.setenv("LMREPORT_PROFILER", "nsys")
+    with pytest.raises(runner.CellSkipped, match=r"--profiler torch.*lmreport ingest nsys"):
         ex.run_cell(a_cell(), tmp_path / "cell")
 
 

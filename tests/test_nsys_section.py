@@ -145,15 +145,21 @@ def test_without_records_the_section_says_how_and_shows_the_formulas(tmp_path):
 
 
 def test_skipped_cells_are_one_line(tmp_path):
-    runs = tmp_path / "runs"
-    res = runner.run_sweep(__import__("lmreport.experiments.nsys", fromlist=["cells"]).cells(PLAN), runs, PLAN.run,
-                           progress=False)
+    """A GPU profile's cells on a CPU machine: skipped, one line for all of them, with the command for a GPU."""
     if torch.cuda.is_available():
         pytest.skip("on a CUDA machine the cells may run")
-    assert res.counts["skipped"] == 8
-    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=section.build(view_of(runs, tmp_path / "f")))
-    assert md.count("cells skipped on this machine") == 1 and "*8 cells skipped on this machine: needs a CUDA GPU" in md
-    assert "what the formulas give.\n\n*8 cells skipped" in md  # its own paragraph, not glued to the one before
+    from lmreport.experiments.nsys import cells
+    prof, ed = resolve("handout-2025", 2025, False)
+    plan = runner.Plan(prof, ed)
+    runs = tmp_path / "runs"
+    res = runner.run_sweep(runner.filter_cells(cells(plan), {"size": ["small", "medium"]}), runs, plan.run,
+                           progress=False)
+    assert res.counts["skipped"] == 16
+    records = store.select(store.load_records(runs), ed.year, prof.name)
+    view = SectionView(get("nsys"), records, ed, prof, plan.run, tmp_path / "f", all_records=tuple(records))
+    md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=section.build(view))
+    assert md.count("cells skipped on this machine") == 1 and "*16 cells skipped on this machine: needs a CUDA GPU" in md
+    assert "what the formulas give.\n\n*16 cells skipped" in md  # its own paragraph, not glued to the one before
     assert "on such a machine: `lmreport run nsys --profile handout-2025`.*" in md
 
 
@@ -248,7 +254,7 @@ def test_gpu_shaped_partial_records_render_and_say_what_is_missing(tmp_path):
     records = store.select(store.load_records(runs), ed.year, prof.name)
     view = SectionView(get("nsys"), [r for r in records if r["section"] == "nsys"], ed, prof, plan.run,
                        tmp_path / "figures", all_records=tuple(records))
-    with pytest.warns(UserWarning, match="hand-made.json: not an nsys record this section can read"):
+    with pytest.warns(UserWarning, match="hand-made.json: not a profiling record this section can read"):
         ctx = section.build(view)
     md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
     assert "**OOM** (1 cell: xl-ctx1024-train-fp32)" in md and "**ERROR** (1 cell: xl-ctx512-train-fp32)" in md
@@ -293,4 +299,5 @@ def test_an_ingested_profile_with_its_warm_up_is_marked(tmp_path):
 
 def test_lmreport_profiles_say_they_hold_no_warm_up(built):
     _, md, _ = built
-    assert "so it holds no warm-up. Profiled cells" in md
+    assert "Both leave the warm-up\nout (Nsight Systems starts collecting at the first measured step" in md
+    assert "torch.profiler's schedule records only the measured steps" in md

@@ -1,6 +1,6 @@
 import time
 
-from lmreport.timing import Stats, time_steps
+from lmreport.timing import Stats, time_phases, time_steps
 
 
 def test_time_steps_counts_warmup_and_measures():
@@ -17,3 +17,24 @@ def test_time_steps_counts_warmup_and_measures():
 
 def test_stats_of_single_sample_has_zero_std():
     assert Stats.of([3.0]).std == 0.0 and Stats.of([1.0, 3.0]).to_metric()["mean"] == 2.0
+
+
+def test_profiler_ranges_are_record_functions_only_while_torch_profiler_records():
+    import contextlib
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lmreport.timing import _torch_profiler_range, profiler_range
+    assert isinstance(_torch_profiler_range("step"), contextlib.nullcontext)  # no profiler: nothing to pay
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profiler_range("forward"):
+            torch.ones(2) + 1
+    assert "forward" in {e.name for e in prof.events()}
+
+
+def test_after_step_runs_after_every_step_outside_the_timed_code():
+    calls = []
+    stats = time_phases(lambda phase: calls.append("step"), "cpu", warmup=2, steps=3,
+                        after_step=lambda: calls.append("after"))
+    assert calls == ["step", "after"] * 5 and stats["step"].n == 3

@@ -12,6 +12,7 @@ runs and writes nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the cells that would run and an estimated wall time; run and write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # The profiling section's profiler (experiments/nsys.py reads the variable when it plans its cells).
+    p.add_argument("--profiler", choices=("auto", "nsys", "torch"),
+                   help="profiler of the nsys section: auto (default: Nsight Systems on a GPU with nsys on PATH, "
+                        "else torch.profiler), nsys or torch; sets LMREPORT_PROFILER")
     for key in FILTER_KEYS:
         p.add_argument(f"--{key}", action="append", metavar=key.upper(), type=int if key == "ctx" else str,
                        help=f"only cells with this {key} (repeatable)")
@@ -90,6 +95,9 @@ def _summary(counts: Counter) -> str:
 def main(args) -> int:
     from lmreport import runner
     from lmreport.sections import all_sections, get
+
+    if args.profiler:  # the nsys section plans its cells with it (their config carries it to any executor)
+        os.environ["LMREPORT_PROFILER"] = args.profiler
 
     profile, edition = resolve_plan(args)
     plan = runner.Plan(profile, edition)

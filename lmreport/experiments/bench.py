@@ -156,7 +156,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
     import torch
 
     from lmreport.device import synchronize
-    from lmreport.timing import nvtx_range, time_phases, timed_work
+    from lmreport.timing import profiler_range, time_phases, timed_work
     from lmreport.workloads import make_workload
 
     device, mode, dtype = config["device"], config["mode"], config["dtype"]
@@ -169,7 +169,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
         first_ms = None
         warmup = config["warmup"]
         if warmup >= 1:  # the first warm-up step, timed on its own (compilation happens here)
-            with timed_work(), nvtx_range("warmup"):
+            with timed_work(), profiler_range("warmup"):
                 synchronize(device)
                 t0 = time.perf_counter()
                 w.step()

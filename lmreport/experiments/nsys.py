@@ -1,6 +1,14 @@
-"""Nsight Systems profiles of the shared workload, one per cell, read back as nsys stats CSVs.
+"""Kernel profiles of the shared workload, one per cell: Nsight Systems, or torch.profiler.
 
-Each cell runs `nsys profile` on a small worker (nsys_worker.py) that builds the workload
+Which profiler (LMREPORT_PROFILER, or `lmreport run nsys --profiler ...`): `nsys` (Nsight
+Systems), `torch` (torch.profiler, experiments/torch_profile.py) or `auto` (the default):
+Nsight Systems when the cell runs on a GPU and `nsys` is on PATH, torch.profiler otherwise.
+Both profile the same workload with the same ranges and write the same metrics (the
+contract of ingest/nsys_summary.py), so the section reads either; records say which made
+them. On a CPU profile the cells run torch.profiler with CPU activity only: CPU operators,
+not GPU kernels, and few cells (the shortest context), to keep the CPU writeup quick.
+
+With Nsight Systems, each cell runs `nsys profile` on a small worker (nsys_worker.py) that builds the workload
 (workloads.py) and times it with timing.time_phases: warm-up steps inside the NVTX range
 "warmup", then each measured step in a range "step" holding one range per phase ("forward",
 "backward", "optimizer step"); the model adds the attention sub-ranges. Warm-up is left out
@@ -46,6 +54,9 @@ from lmreport.runner import Cell, CellSkipped, Plan, cell
 SECTION = "nsys"
 MODES = ("forward", "train")  # inference forward; forward + backward + AdamW
 DTYPE = "fp32"
+PROFILERS = ("auto", "nsys", "torch")
+PROFILER_VARIABLE = "LMREPORT_PROFILER"  # `lmreport run --profiler` sets it
+CPU_CONTEXTS = 1  # a CPU profile profiles its shortest context only: the cpu writeup stays quick
 CAPTURE_RANGE = "step"  # the NVTX range timing.time_phases puts around each measured step (warm-up is "warmup")
 # Defaults; the environment variables override them (read when a sweep is planned and run, not at import,
 # so that a bad value is one line naming the variable instead of a crash of every command importing this).
@@ -82,15 +93,35 @@ HANDOUT_SWEEPS = {
 
 
 def sweep(plan: Plan) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(sizes, contexts) of the plan: the profile's own (profiling_sizes/_contexts, e.g. gpu-quick), the
-    CPU profile's small ones, or the handout's."""
+    """(sizes, contexts) of the plan: the profile's own profiling sizes/contexts (e.g. gpu-quick), else
+    those a profile names itself (the CPU profile's small ones, its shortest context only), else the handout's."""
     ed, prof = plan.edition, plan.profile
     if prof.profiling_sizes or prof.profiling_contexts:
-        return (prof.profiling_sizes or tuple(prof.models(ed))), (prof.profiling_contexts or prof.bench_contexts(ed))
-    if prof.device == "cpu" or ed.year not in HANDOUT_SWEEPS:
-        return tuple(prof.models(ed)), prof.bench_contexts(ed)
-    s = HANDOUT_SWEEPS[ed.year]
-    return (s.sizes or tuple(prof.models(ed))), s.contexts
+        sizes = prof.profiling_sizes or tuple(prof.models(ed))
+        contexts = prof.profiling_contexts or prof.bench_contexts(ed)
+    elif prof.device == "cpu" or prof.sizes or prof.contexts or ed.year not in HANDOUT_SWEEPS:
+        sizes, contexts = tuple(prof.models(ed)), prof.bench_contexts(ed)
+    else:
+        s = HANDOUT_SWEEPS[ed.year]
+        sizes, contexts = (s.sizes or tuple(prof.models(ed))), s.contexts
+    if prof.device == "cpu":
+        contexts = tuple(sorted(contexts))[:CPU_CONTEXTS]
+    return sizes, contexts
+
+
+def requested_profiler() -> str:
+    """LMREPORT_PROFILER: auto (default), nsys or torch; UserError for anything else."""
+    text = (os.environ.get(PROFILER_VARIABLE) or "auto").strip().lower()
+    if text not in PROFILERS:
+        raise UserError(f"{PROFILER_VARIABLE}={text!r}: choose one of {', '.join(PROFILERS)} (or unset it for auto)")
+    return text
+
+
+def choose_profiler(requested: str, device: str, nsys_on_path: bool) -> str:
+    """The profiler a cell runs: nsys or torch (see the module's docstring)."""
+    if requested == "auto":
+        return "nsys" if device == "cuda" and nsys_on_path else "torch"
+    return requested
 
 
 def timeout_s(variable: str, default: float) -> float:
@@ -115,11 +146,15 @@ def timeouts() -> tuple[float, float]:
 
 
 def cells(plan: Plan) -> list[Cell]:
-    timeouts()  # a bad timeout variable stops `lmreport run nsys` before any cell runs
+    timeouts()  # a bad timeout or profiler variable stops `lmreport run nsys` before any cell runs
+    profiler = requested_profiler()
     sizes, contexts = sweep(plan)
-    return [cell(plan, SECTION, cell_name(size, ctx, mode, DTYPE), requires="nsys", size=size, ctx=ctx, mode=mode,
+    device = "cuda" if plan.profile.device == "cuda" else "cpu"
+    # nsys on a CPU profile is refused by run_cell, which says what to use instead
+    requires = "any" if device == "cpu" else "nsys" if profiler == "nsys" else "cuda"
+    return [cell(plan, SECTION, cell_name(size, ctx, mode, DTYPE), requires=requires, size=size, ctx=ctx, mode=mode,
                  dtype=DTYPE, batch=plan.edition.batch_size, warmup=plan.profile.warmup_steps,
-                 steps=plan.profile.measure_steps)
+                 steps=plan.profile.measure_steps, device=device, profiler=profiler)
             for size in sizes for ctx in contexts for mode in MODES]
 
 
@@ -245,9 +280,22 @@ def _nvtx_version() -> str | None:
 
 
 def run_cell(c: Cell, artifacts_dir: Path) -> dict:
+    device = c.config.get("device", "cuda")  # records of older versions: nsys cells, always on a GPU
+    profiler = choose_profiler(c.config.get("profiler", "nsys"), device, shutil.which("nsys") is not None)
+    if profiler == "torch":
+        from lmreport.experiments import torch_profile
+        return torch_profile.run(c.config, artifacts_dir)
+    if device != "cuda":
+        raise CellSkipped("Nsight Systems profiles GPU kernels and this cell runs on the CPU: use --profiler torch "
+                          "(or auto) for CPU operators, or a GPU profile")
+    return run_nsys_cell(c, artifacts_dir)
+
+
+def run_nsys_cell(c: Cell, artifacts_dir: Path) -> dict:
     nsys = shutil.which("nsys")
     if nsys is None:
-        raise CellSkipped("needs Nsight Systems (`nsys` on PATH); or profile elsewhere and `lmreport ingest nsys`")
+        raise CellSkipped("needs Nsight Systems (`nsys` on PATH), or `--profiler torch`; or profile elsewhere and "
+                          "`lmreport ingest nsys`")
     version = parse_nsys_version(_query(nsys, "--version"))
     nvtx_version = _nvtx_version()
     trap = nvtx_trap_warning(version, nvtx_version)
@@ -293,6 +341,7 @@ def run_cell(c: Cell, artifacts_dir: Path) -> dict:
     if not metrics.get("ranges"):
         raise RuntimeError("the profile holds no NVTX ranges, so nothing can be split by phase"
                            + (f": {trap}" if trap else f"; if nsys is 2022.4 or older, {NVTX_FIX}"))
-    metrics.update({"nsys_version": version, "nvtx_version": nvtx_version, "source": "profiled",
+    metrics.update({"profiler": "nsys", "activity": "cuda", "nsys_version": version, "nvtx_version": nvtx_version,
+                    "source": "profiled",
                     "python_timing": worker["timing"], "warnings": [trap] if trap else []})
     return {"metrics": metrics, "artifacts": artifacts}

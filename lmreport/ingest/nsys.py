@@ -162,7 +162,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
                                             "kernels (did its capture range ever start?), so there is nothing to ingest")
     metrics = summarise(chosen, steps=args.steps)
     metrics["nsys_version"] = next((e.nsys_version for e in exports if e.nsys_version), None)
-    metrics["source"] = "ingested"
+    metrics.update({"source": "ingested", "profiler": "nsys", "activity": "cuda"})
     batch = args.batch or plan.edition.batch_size
     c = cell(plan, INGEST_SECTION, cell_name(args.size, args.ctx, args.mode, args.dtype), requires="nsys",
              size=args.size, ctx=args.ctx, mode=args.mode, dtype=args.dtype, batch=batch, source="ingested")

@@ -1,14 +1,19 @@
-"""Nsight Systems section: the profiling questions (a)-(e) answered from nsys records.
+"""Profiling section: the questions (a)-(e) answered from kernel profiles, and GPU busy/idle.
 
-Records come from `lmreport run nsys` (profiled here) or `lmreport ingest nsys` (exports made
-elsewhere); both carry the metrics of lmreport.ingest.nsys_summary. Without records the
-section still gives what formulas give (matmul calls per forward pass, the FLOP ratio of the
-attention matmuls to softmax) and says how to make the exports.
+Records come from `lmreport run nsys` (Nsight Systems, or torch.profiler where nsys is missing
+or `--profiler torch` asks for it), `lmreport ingest nsys` (nsys stats exports made elsewhere) or
+`lmreport ingest trace` (torch.profiler traces made elsewhere); all carry the metrics of
+lmreport.ingest.nsys_summary (kineto_summary writes the same shape), and `metrics.profiler`
+and `metrics.activity` say what made them and whether they hold GPU kernels or, for a
+torch.profiler trace of a CPU run, CPU operators (labelled so in every table). Without records
+the section still gives what formulas give (matmul calls per forward pass, the FLOP ratio of
+the attention matmuls to softmax) and says how to make the profiles.
 
-Where the forward pass's kernels come from: the kernels launched inside the NVTX range
-"forward" (nvtx_kern_sum) when the export has them, else every kernel of a forward-only
-profile. A training step's kernels are the whole kernel summary: the backward kernels are
-launched by PyTorch's autograd thread, outside the main thread's NVTX ranges.
+Where the forward pass's kernels come from: the kernels launched inside the range "forward"
+when the profile has them (nvtx_kern_sum, or the trace's launches), else every kernel of a
+forward-only profile. A training step's kernels are the whole kernel summary: with nsys the
+backward kernels are launched by PyTorch's autograd thread, outside the main thread's NVTX
+ranges.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from lmreport.report.sections import _records
 from lmreport.sections import Section
 
 SECTION = Section(
-    name="nsys", title="Nsight Systems profiles: where the GPU time goes", order=40,
+    name="nsys", title="Kernel profiles: where the GPU time goes", order=40,
     experiment="lmreport.experiments.nsys", report="lmreport.report.sections.nsys",
-    summary="nsys profiles of forward and training steps (or ingested nsys stats exports), kernels by class")
+    summary="kernel profiles of forward and training steps (Nsight Systems or torch.profiler; ingested nsys "
+            "exports or torch.profiler traces), kernels by class, GPU busy/idle")
 
 CONFIG_KEYS = ("size", "ctx", "mode")  # the record contract (dtype defaults to fp32)
 NOTICEABLE_SHARE = 0.01  # (c): non-matmul kernels with at least 1% of the forward pass's kernel time
@@ -56,8 +62,49 @@ def in_contract(r: dict) -> bool:
 def record_problem(r: dict) -> str | None:
     """Why an nsys record cannot be shown (None when it can), for _records.readable."""
     return None if in_contract(r) else (
-        "not an nsys record this section can read (config needs size, an integer ctx and mode; metrics the kernel "
-        "and range tables `lmreport ingest nsys` writes)")
+        "not a profiling record this section can read (config needs size, an integer ctx and mode; metrics the kernel "
+        "and range tables `lmreport ingest nsys` or `lmreport ingest trace` writes)")
+
+
+def profiler_of(r: dict) -> str:
+    """"nsys" or "torch.profiler" (records of older versions hold nsys profiles only)."""
+    return r["metrics"].get("profiler") or "nsys"
+
+
+def is_torch(r: dict) -> bool:
+    return profiler_of(r) == "torch.profiler"
+
+
+def cpu_only(r: dict) -> bool:
+    """A torch.profiler record of a CPU run: its "kernels" are CPU operators (self time), not GPU kernels."""
+    return r["metrics"].get("activity") == "cpu"
+
+
+PROFILER_NAMES = {"nsys": "Nsight Systems", "torch.profiler": "torch.profiler"}
+
+
+def profiler_label(r: dict) -> str:
+    """'Nsight Systems 2024.5.1', 'torch.profiler 2.13.0+cpu'."""
+    m = r["metrics"]
+    version = m.get("nsys_version") if not is_torch(r) else m.get("torch_version") or (r.get("environment") or {}).get("torch")
+    return PROFILER_NAMES.get(profiler_of(r), profiler_of(r)) + (f" {version}" if version else "")
+
+
+def profilers_line(records: list[dict]) -> str:
+    """What follows a table's provenance line: the profiler(s) behind it, and what its rows are."""
+    if not records:
+        return ""
+    labels = "; ".join(sorted({profiler_label(r) for r in records}))
+    what = ("CPU operators' self time, no GPU kernels (a CPU run)" if all(cpu_only(r) for r in records) else
+            "GPU kernels" if not any(cpu_only(r) for r in records) else
+            "GPU kernels, and CPU operators' self time in the rows marked (CPU)")
+    return f" · {labels}: {what}"
+
+
+def kernel_word(records: list[dict]) -> str:
+    """What the tables' rows are: 'GPU kernel', 'CPU operator', or both."""
+    cpu = [cpu_only(r) for r in records]
+    return "CPU operator" if cpu and all(cpu) else "GPU kernel" if not any(cpu) else "kernel (or CPU operator)"
 
 
 # --- one record -----------------------------------------------------------------------------
@@ -80,13 +127,21 @@ def forward_kernels(r: dict) -> dict | None:
         passes = fwd_range.get("nvtx_instances") or (_ranges(r).get("forward") or {}).get("instances") or steps_of(r)
         # workloads.py: a training step's "forward" phase computes the loss too (log-softmax, NLL)
         of = "" if mode == "forward" else " of the training step, the loss included"
+        where = (("CPU operators run" if cpu_only(r) else "kernels launched") + " inside the range “forward”"
+                 if is_torch(r) else "nvtx_kern_sum, range “forward”")
         return {"kernels": fwd_range["kernels"], "total_ns": fwd_range["kernel_ns"], "passes": passes,
-                "source": f"nvtx_kern_sum, range “forward”{of}", "includes_warmup": False}
+                "source": where + of, "includes_warmup": False}
     if mode == "forward" and m.get("kernels"):
         passes = (_ranges(r).get("forward") or {}).get("instances") or steps_of(r)
         return {"kernels": m["kernels"], "total_ns": m["kernel_total_ns"], "passes": passes,
-                "source": "cuda_gpu_kern_sum of a forward-only profile", "includes_warmup": bool(m.get("includes_warmup"))}
+                "source": f"{_all(r)} of a forward-only profile", "includes_warmup": bool(m.get("includes_warmup"))}
     return None
+
+
+def _all(r: dict) -> str:
+    """Where a record's whole kernel list comes from."""
+    return ("every CPU operator of the trace" if cpu_only(r) else "every kernel of the trace") if is_torch(r) \
+        else "cuda_gpu_kern_sum"
 
 
 def subtract(kernels: list[dict], minus: list[dict]) -> list[dict]:
@@ -108,13 +163,15 @@ def forward_backward_kernels(r: dict) -> dict | None:
     m, mode = r["metrics"], r["config"].get("mode")
     if mode not in ("train", "forward_backward") or not m.get("kernels"):
         return None
-    kernels, note = m["kernels"], "every kernel of the step"
+    what = "CPU operator" if cpu_only(r) else "kernel"
+    kernels, note = m["kernels"], f"every {what} of the step"
     opt = (m.get("range_kernels") or {}).get("optimizer step")
     if mode == "train":
         if opt:
-            kernels, note = subtract(kernels, opt["kernels"]), "every kernel but those of the range “optimizer step”"
+            kernels, note = subtract(kernels, opt["kernels"]), f"every {what} but those of the range “optimizer step”"
         else:
-            note = "every kernel of the step, the optimizer step included (no nvtx_kern_sum)"
+            note = (f"every {what} of the step, the optimizer step included "
+                    f"({'no range “optimizer step” in the trace' if is_torch(r) else 'no nvtx_kern_sum'})")
     return {"kernels": kernels, "total_ns": sum(k["total_ns"] for k in kernels), "passes": steps_of(r),
             "source": note, "includes_warmup": bool(m.get("includes_warmup"))}
 
@@ -124,7 +181,7 @@ def step_kernels(r: dict) -> dict | None:
     if not m.get("kernels"):
         return None
     return {"kernels": m["kernels"], "total_ns": m["kernel_total_ns"], "passes": steps_of(r),
-            "source": "cuda_gpu_kern_sum", "includes_warmup": bool(m.get("includes_warmup"))}
+            "source": _all(r), "includes_warmup": bool(m.get("includes_warmup"))}
 
 
 def view_of(kset: dict | None) -> dict | None:
@@ -160,10 +217,15 @@ def attention_times(r: dict) -> dict | None:
     if all(n in rk for n in ATTENTION_RANGES):
         out = {n: {"ns": rk[n]["kernel_ns"], "calls": rk[n].get("nvtx_instances") or (cpu.get(n) or {}).get("instances"),
                    "matmul_ns": rk[n]["class_ns"]["matmul"]} for n in ATTENTION_RANGES}
-        source, gpu_time = "kernel time inside each range (nvtx_kern_sum)", True
+        source = ("CPU operator self time inside each range (torch.profiler)" if cpu_only(r) else
+                  "kernel time inside each range (torch.profiler launches)" if is_torch(r) else
+                  "kernel time inside each range (nvtx_kern_sum)")
+        gpu_time = not cpu_only(r)
     elif all(n in gpu for n in ATTENTION_RANGES):
         out = {n: {"ns": gpu[n]["proj_ns"], "calls": gpu[n]["instances"], "matmul_ns": None} for n in ATTENTION_RANGES}
-        source, gpu_time = "GPU time projected onto each range (nvtx_gpu_proj_sum)", True
+        source = ("GPU time projected onto each range (gpu_user_annotation)" if is_torch(r) else
+                  "GPU time projected onto each range (nvtx_gpu_proj_sum)")
+        gpu_time = True
     elif all(n in cpu for n in ATTENTION_RANGES):
         out = {n: {"ns": cpu[n]["total_ns"], "calls": cpu[n]["instances"], "matmul_ns": None} for n in ATTENTION_RANGES}
         source, gpu_time = "CPU time of each range (nvtx_sum): kernel launches only, the GPU runs them later", False
@@ -173,7 +235,7 @@ def attention_times(r: dict) -> dict | None:
         v["per_call_us"] = v["ns"] / v["calls"] / 1e3 if v["calls"] else None
     soft = out["computing softmax"]["ns"] or None
     scores = out["computing attention scores"]
-    return {"ranges": out, "source": source, "gpu_time": gpu_time,
+    return {"ranges": out, "source": source, "gpu_time": gpu_time, "cpu_only": cpu_only(r),
             "scores_to_softmax": scores["ns"] / soft if soft else None,
             "scores_matmul_to_softmax": scores["matmul_ns"] / soft if soft and scores["matmul_ns"] else None,
             "final_to_softmax": out["final matmul"]["ns"] / soft if soft else None}
@@ -232,7 +294,7 @@ def _forward_time_row(view: SectionView, bench_ok: list[dict], r: dict) -> dict 
     if nvtx_ms is None and kernel_ms is None:
         return None  # an export without NVTX ranges or step count: nothing per pass to compare
     return {"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "nvtx_ms": nvtx_ms, "record": r,
-            "nvtx_n": fwd["instances"] if fwd else None, "kernel_ms": kernel_ms,
+            "cpu": cpu_only(r), "nvtx_n": fwd["instances"] if fwd else None, "kernel_ms": kernel_ms,
             "python_nsys_ms": py["mean"] if py else None, "bench_ms": bench_fwd["mean"] if bench_fwd else None,
             "bench_std_ms": bench_fwd.get("std") if bench_fwd else None, "bench": bench,
             "diff": (nvtx_ms / bench_fwd["mean"] - 1) if nvtx_ms and bench_fwd else None}
@@ -252,13 +314,28 @@ def _cells_table(view: SectionView, records: list[dict]) -> list[dict]:
     for r in records:
         c, m = r["config"], r["metrics"]
         step = view_of(step_kernels(r)) if r["status"] == "ok" else None
+        ok = r["status"] == "ok"
         rows.append({"cell": r["cell"], "size": c.get("size"), "ctx": c.get("ctx"), "mode": c.get("mode"),
                      "status": r["status"], "error": r.get("error"), "source": m.get("source") or c.get("source"),
-                     "steps": steps_of(r) if r["status"] == "ok" else None,
+                     "steps": steps_of(r) if ok else None,
                      "kernel_ms": step["per_pass_ms"] if step else None,
                      "warmup": bool(step and step["includes_warmup"]),
-                     "nsys_version": m.get("nsys_version"), "reports": m.get("reports", [])})
+                     "profiler": profiler_label(r) if ok else None, "cpu": ok and cpu_only(r),
+                     "what": ("CPU operators" if cpu_only(r) else "GPU kernels") if ok else None,
+                     "reports": m.get("reports", [])})
     return rows
+
+
+def busy_row(r: dict) -> dict | None:
+    """Per cell: how much of each measured step the GPU (or, for a CPU trace, every CPU operator) sat idle."""
+    b = r["metrics"].get("busy")
+    if not isinstance(b, dict) or not b.get("wall_ns") or b.get("idle_share") is None:
+        return None
+    c, n = r["config"], b.get("windows") or 1
+    return {"size": c["size"], "ctx": c["ctx"], "mode": c["mode"], "cpu": b.get("activity") == "cpu",
+            "window": b.get("window"), "windows": n, "wall_ms": b["wall_ns"] / n / 1e6, "busy_ms": b["busy_ns"] / n / 1e6,
+            "idle_share": b["idle_share"], "idle_min": b.get("idle_share_min"), "idle_max": b.get("idle_share_max"),
+            "record": r}
 
 
 def _not_ok(records: list[dict]) -> list[dict]:
@@ -284,7 +361,7 @@ def _longest_fitting(ok: list[dict], records: list[dict]) -> list[dict]:
     return [v for v in out.values() if v["first_oom"]]
 
 
-def _plot(view: SectionView, rows: list[dict]) -> str | None:
+def _plot(view: SectionView, rows: list[dict], word: str = "GPU kernel") -> str | None:
     if not rows:
         return None
     from lmreport.report import plots
@@ -302,14 +379,16 @@ def _plot(view: SectionView, rows: list[dict]) -> str | None:
             ax.text(i, 101, f"{r['ms']:.3g}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(rows)), labels, fontsize=6)
     ax.set_ylim(0, 112)
-    ax.set_ylabel("share of GPU kernel time (%)")
-    ax.set_title("Kernel time by class (forward pass or training step; ms per pass on top)", fontsize=9)
+    ax.set_ylabel(f"share of {word} time (%)")
+    ax.set_title(f"{word[0].upper() + word[1:]} time by class (forward pass or training step; ms per pass on top)",
+                 fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return view.save_figure(fig, "kernel-classes")
 
 
 def build(view: SectionView) -> dict:
-    from lmreport.experiments.nsys import HANDOUT_SWEEPS, MODES, WANTED_REPORTS, profile_command, stats_command, sweep
+    from lmreport.experiments.nsys import (HANDOUT_SWEEPS, MODES, PROFILER_VARIABLE, WANTED_REPORTS, profile_command,
+                                           stats_command, sweep)
     from lmreport.runner import Plan
 
     ed, prof = view.edition, view.profile
@@ -366,6 +445,7 @@ def build(view: SectionView) -> dict:
             "new_in_train": new_in_train, "change": change,
             "matmul_calls": sum(m.occurrences for m in acc.forward_matmuls(cfg, ed.batch_size, ctx)) if cfg else None,
             "records": [x for x in (fwd_rec, train_rec) if x],
+            "cpu": any(cpu_only(x) for x in (fwd_rec, train_rec) if x),
         })
 
     # (e) softmax vs the attention matmuls.
@@ -388,11 +468,17 @@ def build(view: SectionView) -> dict:
         v = view_of(forward_kernels(r) if r["config"]["mode"] == "forward" else step_kernels(r))
         if v:
             class_rows.append({"size": r["config"]["size"], "ctx": r["config"]["ctx"], "mode": r["config"]["mode"],
+                               "cpu": cpu_only(r),
                                "scope": "forward pass" if r["config"]["mode"] == "forward" else "training step"
                                if r["config"]["mode"] == "train" else "forward + backward",
                                "shares": v["shares"], "ms": v["per_pass_ms"], "warmup": v["includes_warmup"]})
             class_records.append(r)
-    figure = _plot(view, class_rows)
+    word = kernel_word(ok)
+    figure = _plot(view, class_rows, word)
+
+    # GPU busy vs idle per measured step (torch.profiler traces), or CPU operators' for a CPU trace.
+    busy_rows = [row for r in ok if (row := busy_row(r))]
+    gpu_busy = [b for b in busy_rows if not b["cpu"]]
 
     example = {**INGEST_EXAMPLE, "size": INGEST_EXAMPLE["size"] if INGEST_EXAMPLE["size"] in ed.study_models
                else next(iter(ed.study_models))}
@@ -410,10 +496,29 @@ def build(view: SectionView) -> dict:
             "stats": " ".join(stats_command("nsys", "profile.nsys-rep", report_names, "stats")),
             "ingest": (f"lmreport ingest nsys stats_*.csv --size {example['size']} --ctx {example['ctx']} "
                        f"--mode {example['mode']} --device \"NVIDIA H100 80GB HBM3\"{plan_flags}"),
+            "ingest_trace": (f"lmreport ingest trace trace.json.gz --size {example['size']} --ctx {example['ctx']} "
+                             f"--mode {example['mode']}{plan_flags}"),
+            "run_gpu_torch": view.run_command(prof=view.gpu_profile) + " --profiler torch",
             "render": f"lmreport render{plan_flags}",
             "render_gpu": f"lmreport render{view.plan_flags(view.gpu_profile)}",
         },
         "cells": _cells_table(view, records),
+        "word": word, "all_cpu": bool(ok) and all(cpu_only(r) for r in ok), "any_cpu": any(cpu_only(r) for r in ok),
+        "any_torch": any(is_torch(r) for r in ok), "any_nsys": any(not is_torch(r) for r in ok),
+        "profiler_variable": PROFILER_VARIABLE,
+        "busy_rows": busy_rows,
+        "busy_most": max(gpu_busy, key=lambda b: b["idle_share"]) if gpu_busy else None,
+        "busy_least": min(gpu_busy, key=lambda b: b["idle_share"]) if len(gpu_busy) > 1 else None,
+        "cpu_busy": [b for b in busy_rows if b["cpu"]],
+        "nsys_only_cells": [r["cell"] for r in ok if not is_torch(r)],
+        "busy_provenance": view.provenance([b["record"] for b in busy_rows])["line"],
+        "busy_profilers": profilers_line([b["record"] for b in busy_rows]),
+        "profilers": profilers_line(ok),
+        "forward_profilers": profilers_line([row["record"] for row in forward_rows]),
+        "kernel_profilers": profilers_line([x for k in kernel_rows if k["forward"] for x in k["records"]]),
+        "step_profilers": profilers_line([x for k in kernel_rows if k["step"] for x in k["records"]]),
+        "attention_profilers": profilers_line([a["record"] for a in attention_fwd]),
+        "class_profilers": profilers_line(class_records),
         "not_ok": _not_ok(records),
         "oom_limits": _longest_fitting(ok, records),
         # cells skipped here were not run by any device of the table
