@@ -14,7 +14,8 @@ from lmreport.sections import Section
 SECTION = Section(
     name="accounting", title="Accounting: parameters, FLOPs and memory", order=10,
     experiment="lmreport.experiments.accounting", report="lmreport.report.sections.accounting",
-    summary="closed-form parameters, FLOPs and AdamW memory, checked on the meta device")
+    summary="closed-form parameters, FLOPs and AdamW memory, checked on the meta device",
+    measures_model=True)
 
 
 def _matmul_rows(cfg, batch: int, ctx: int) -> list[dict]:

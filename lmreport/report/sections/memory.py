@@ -25,7 +25,8 @@ from lmreport.sections import Section
 SECTION = Section(
     name="memory", title="Memory profiling", order=50,
     experiment="lmreport.experiments.memory", report="lmreport.report.sections.memory",
-    summary="CUDA memory snapshots, full-size estimates on fake tensors, timelines and largest allocations")
+    summary="CUDA memory snapshots, full-size estimates on fake tensors, timelines and largest allocations",
+    measures_model=True)
 
 MODES = ("forward", "train")
 DTYPES = ("fp32", "bf16")

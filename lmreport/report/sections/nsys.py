@@ -25,7 +25,8 @@ from lmreport.sections import Section
 SECTION = Section(
     name="nsys", title="Nsight Systems profiles: where the GPU time goes", order=40,
     experiment="lmreport.experiments.nsys", report="lmreport.report.sections.nsys",
-    summary="nsys profiles of forward and training steps (or ingested nsys stats exports), kernels by class")
+    summary="nsys profiles of forward and training steps (or ingested nsys stats exports), kernels by class",
+    measures_model=True)
 
 CONFIG_KEYS = ("size", "ctx", "mode")  # the record contract (dtype defaults to fp32)
 NOTICEABLE_SHARE = 0.01  # (c): non-matmul kernels with at least 1% of the forward pass's kernel time
