@@ -130,7 +130,7 @@ def candidate_causes(cfg: ModelConfig, batch: int, ctx: int, observed: dict[str,
     if ffn and three and ffn % (3 * d * L) == 0:
         delta = ffn // (3 * d * L)
         if f + delta > 0:
-            causes.append(Cause(f"d_ff = {f + delta:,} instead of {f:,}", f"3·d·Δ·L with Δ = {delta:+,}",
+            causes.append(Cause(f"d_ff = {f + delta:,} instead of {f:,}", f"3·d·Δ·L with Δ = {delta:+,}".replace("-", "−"),
                                 {FEED_FORWARD: ffn}, 6 * bt * d * delta * L))
     if ffn and two and (ffn + 3 * d * f * L) % (2 * d * L) == 0:
         width = (ffn + 3 * d * f * L) // (2 * d * L)

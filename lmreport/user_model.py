@@ -539,7 +539,7 @@ def abstract_notes(spec: ModelSpec) -> list[str]:
     if kind == "meta":
         return []
     return [f"{spec.model.target} does not run on the meta device ({'; '.join(notes)}); the accounting checks "
-            "and memory estimates build it under FakeTensorMode instead"]
+            "run it on fake tensors (FakeTensorMode) instead, as the memory estimates do"]
 
 
 # --- which records belong to which implementation ------------------------------------------------------
@@ -560,6 +560,11 @@ def belongs(record: dict, spec: ModelSpec, measures_model: bool) -> bool:
     """Whether a record goes into the writeup of `spec`: it measured that implementation, or no model."""
     impl = implementation_of(record, measures_model)
     return impl is None or (impl.get("model"), impl.get("optimizer"), impl.get("loss")) == spec.key
+
+
+def label_of(impl: dict) -> str:
+    """ModelSpec.label of a record's implementation."""
+    return ModelSpec.from_config(impl).label
 
 
 def stale(impl: dict) -> list[str]:

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from lmreport.commands._common import add_plan_arguments, resolve_plan
+from lmreport.commands._common import add_plan_arguments, resolve_model, resolve_plan
 from lmreport.errors import UserError
 
 ORDER = 10
@@ -87,7 +87,7 @@ def main(args) -> int:
     from lmreport.sections import all_sections, get
 
     profile, edition = resolve_plan(args)
-    plan = runner.Plan(profile, edition)
+    plan = runner.Plan(profile, edition, resolve_model(args, load=True))
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
     executor = args.executor or runner.default_executor()
     ex = make_executor(args, executor)
