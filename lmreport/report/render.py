@@ -31,6 +31,8 @@ def jinja_env() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              autoescape=False)
     env.filters.update(FILTERS)
+    # The implementation measured; render() passes the writeup's own, a template rendered on its own sees lmreport's.
+    env.globals["model"] = user_model.reference()
     return env
 
 
