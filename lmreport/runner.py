@@ -102,7 +102,9 @@ def _gpu_command(c: Cell) -> str:
     edition = c.config.get("edition")
     profile = c.config.get("profile")
     plan = f" --profile {profile}" if profile and profile != "cpu" else f" --profile handout-{edition}" if edition else ""
-    return f"`lmreport run {c.section}{plan}`"
+    impl = c.config.get("implementation")
+    model = ModelSpec.from_config(impl).flags() if isinstance(impl, dict) else ""
+    return f"`lmreport run {c.section}{plan}{model}`"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

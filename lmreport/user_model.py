@@ -129,8 +129,13 @@ class ModelSpec:
 
     @staticmethod
     def from_config(d: dict) -> "ModelSpec":
-        parts = {name: Part(d[name], d.get(f"{name}_source") or d[name].split(":")[0], d.get(f"{name}_sha256"))
-                 for name in ("model", "optimizer", "loss")}
+        """The spec of a record's `implementation`; a part it lacks (a hand-edited record) is lmreport's."""
+        parts = {}
+        for name, default in (("model", REFERENCE_MODEL), ("optimizer", REFERENCE_OPTIMIZER), ("loss", REFERENCE_LOSS)):
+            target = d.get(name) if isinstance(d.get(name), str) else default
+            source, sha = d.get(f"{name}_source"), d.get(f"{name}_sha256")
+            parts[name] = Part(target, source if isinstance(source, str) else target.split(":")[0],
+                               sha if isinstance(sha, str) else None)
         return ModelSpec(**parts)
 
 
@@ -559,7 +564,7 @@ def implementation_of(record: dict, measures_model: bool) -> dict | None:
 def belongs(record: dict, spec: ModelSpec, measures_model: bool) -> bool:
     """Whether a record goes into the writeup of `spec`: it measured that implementation, or no model."""
     impl = implementation_of(record, measures_model)
-    return impl is None or (impl.get("model"), impl.get("optimizer"), impl.get("loss")) == spec.key
+    return impl is None or ModelSpec.from_config(impl).key == spec.key
 
 
 def label_of(impl: dict) -> str:
@@ -572,6 +577,6 @@ def stale(impl: dict) -> list[str]:
     out = []
     for name in ("model", "optimizer", "loss"):
         recorded, module = impl.get(f"{name}_sha256"), impl.get(f"{name}_source")
-        if recorded and module and current_sha256(module) != recorded:
+        if isinstance(recorded, str) and isinstance(module, str) and current_sha256(module) != recorded:
             out.append(name)
     return out
