@@ -132,6 +132,16 @@ def test_a_model_meta_refuses_runs_on_fake_tensors_and_says_why(capsys):
     assert m["built_on"] == "fake" and "not on the meta device" in m["fallback"]
 
 
+def test_the_estimator_builds_under_fake_tensors_what_meta_cannot_build():
+    from lmreport.estimate.memory import estimate_memory
+    spec = user_model.load_spec("tests.fixtures.bad_models:BuildsOnlyOnCpu")
+    est = estimate_memory(TINY, 2, 16, "train", spec=spec)
+    assert est.built_on == "fake" and est.fallback.startswith("not built on the meta device (RuntimeError")
+    params = TINY.vocab_size * TINY.d_model * 2  # embedding and head (the buffer is no parameter)
+    assert est.breakdown["parameters"] >= 4 * params  # and the scale buffer, counted with them or not
+    assert estimate_memory(TINY, 2, 16, "train").built_on == "meta"
+
+
 def test_a_model_that_reads_values_is_checked_on_real_tensors_at_the_cpu_size(capsys):
     from lmreport.runner import CellSkipped
     target = "tests.fixtures.bad_models:ChecksItsInput"
@@ -250,7 +260,7 @@ def two_runs(tmp_path_factory):
     mp.chdir(ROOT)
     runs = tmp_path_factory.mktemp("runs")
     try:
-        quick = dataclasses.replace(CPU, measure_steps=3, bench_modes=("forward", "train"))  # its 2 warm-up steps
+        quick = dataclasses.replace(CPU, measure_steps=3, bench_modes=("forward", "train"))
         mine = runner.Plan(quick, ED, user_model.load_spec(MY_MODEL))
         ref = runner.Plan(quick, ED)
         for a, b in zip(_bench_cells(ref), _bench_cells(mine)):  # interleaved: both meet the same load
@@ -282,8 +292,9 @@ def test_compatible_model_records_match_the_reference_within_noise(two_runs):
     for cell in cells:
         a, b = bench[(MY_MODEL, cell)], bench[("lmreport.model:TransformerLM", cell)]
         assert a["parameters"] == b["parameters"] and a["flops_per_step"] == b["flops_per_step"]
-        # same computation, same sizes: the step times differ by the machine's noise, not by a factor
-        ratio = a["step_ms"]["median"] / b["step_ms"]["median"]
+        # same computation, same sizes: the step times differ by the machine's noise, not by a factor; the
+        # fastest step of each is the one least disturbed by whatever else this (shared) machine runs
+        ratio = a["step_ms"]["min"] / b["step_ms"]["min"]
         assert 1 / 3 < ratio < 3, (cell, a["step_ms"], b["step_ms"])
 
 
