@@ -12,6 +12,7 @@
 #   make wheels WHEELS=DIR      wheels of every requirement but torch, for an install without network
 #   RUN_ARGS="--executor slurm"   extra flags for the run targets (slurm, local-gpus; see README)
 #   PROFILE=handout-2025 EDITION=2026 ...       choose a profile or an edition
+#   MODEL=cs336_basics.model:BasicsTransformerLM   measure your own model (also OPTIMIZER=..., LOSS=...)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,6 +21,11 @@ LMREPORT := $(BIN)/lmreport
 PROFILE ?=
 EDITION ?=
 ARGS := $(if $(PROFILE),--profile $(PROFILE)) $(if $(EDITION),--edition $(EDITION))
+# Your implementation instead of lmreport's (lmreport/user_model.py): MODULE:CLASS, imported from here or .venv.
+MODEL ?=
+OPTIMIZER ?=
+LOSS ?=
+ARGS += $(if $(MODEL),--model $(MODEL)) $(if $(OPTIMIZER),--optimizer $(OPTIMIZER)) $(if $(LOSS),--loss $(LOSS))
 # Extra flags for the run commands only, e.g. RUN_ARGS="--executor slurm" or "--executor local-gpus".
 RUN_ARGS ?=
 SECTIONS := $(filter-out _%,$(basename $(notdir $(wildcard lmreport/report/sections/*.py))))

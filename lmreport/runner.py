@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from lmreport import store
 from lmreport.errors import InputFileError
 from lmreport.presets import Edition, Profile
+from lmreport.user_model import ModelSpec, reference
 
 if TYPE_CHECKING:
     from lmreport.launchers import Launcher
@@ -43,14 +44,17 @@ REQUIREMENTS = ("any", "cuda", "nsys")
 
 @dataclass(frozen=True)
 class Plan:
-    """What a sweep is for: the profile and edition the cells come from."""
+    """What a sweep is for: the profile and edition the cells come from, and the implementation it measures."""
 
     profile: Profile
     edition: Edition
+    model: ModelSpec | None = None  # None: lmreport's own model (user_model.reference())
 
     @property
     def run(self) -> str:
-        return store.run_name(self.edition.year, self.profile.name)
+        """runs/<edition>-<profile>, or runs/<edition>-<profile>--<model> for a user's model (`--model`)."""
+        slug = None if self.model is None or self.model.is_reference else self.model.slug
+        return store.run_name(self.edition.year, self.profile.name, slug)
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,20 @@ class Cell:
 
 
 def cell(plan: Plan, section: str, name: str, requires: str = "any", fresh_process: bool = False, **config) -> Cell:
-    """A cell whose config carries the plan's edition and profile (records say where they belong)."""
+    """A cell whose config carries the plan's edition and profile (records say where they belong), and, in a
+    section that measures the model, the implementation (module, class, source hash: user_model.py); a cell
+    of such a section that measures no model of the user's passes implementation=None."""
     assert requires in REQUIREMENTS, requires
+    if "implementation" not in config and _measures_model(section):
+        config["implementation"] = (plan.model or reference()).to_config()
     return Cell(section, name, {"edition": plan.edition.year, "profile": plan.profile.name, **config}, requires,
                 fresh_process)
+
+
+def _measures_model(section: str) -> bool:
+    from lmreport.sections import all_sections
+    found = all_sections().get(section)
+    return bool(found and found.measures_model)
 
 
 class CellSkipped(Exception):
@@ -96,7 +110,9 @@ def _gpu_command(c: Cell) -> str:
     edition = c.config.get("edition")
     profile = c.config.get("profile")
     plan = f" --profile {profile}" if profile and profile != "cpu" else f" --profile handout-{edition}" if edition else ""
-    return f"`lmreport run {c.section}{plan}`"
+    impl = c.config.get("implementation")
+    model = ModelSpec.from_config(impl).flags() if isinstance(impl, dict) else ""
+    return f"`lmreport run {c.section}{plan}{model}`"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -24,6 +24,7 @@ class Section:
     experiment: str  # module with cells(plan) -> list[Cell] and run_cell(cell, artifacts_dir) -> dict
     report: str  # module with build(view) -> dict
     summary: str = ""  # one line for `lmreport list`
+    measures_model: bool = False  # its cells measure the run's implementation (`--model`; user_model.py)
 
     @property
     def template(self) -> str:

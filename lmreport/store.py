@@ -25,8 +25,9 @@ STATUSES = ("ok", "oom", "error", "skipped")
 REQUIRED_KEYS = ("schema", "section", "cell", "config", "status", "metrics")
 
 
-def run_name(edition: int, profile: str) -> str:
-    return f"{edition}-{profile}"
+def run_name(edition: int, profile: str, model_slug: str | None = None) -> str:
+    """`<edition>-<profile>`, and `--<model slug>` for a run of a user's model (user_model.ModelSpec.slug)."""
+    return f"{edition}-{profile}" + (f"--{model_slug}" if model_slug else "")
 
 
 def record_path(runs_dir: Path, run: str, section: str, cell: str) -> Path:

@@ -1,7 +1,7 @@
 """What one measured step does, shared by the bench, nsys and memory sections.
 
-A workload is the reference LM at one size, a random batch of token ids, and (for training)
-the course's AdamW. Its `step(phase)` runs one step of a mode and wraps each phase in
+A workload is the run's LM at one size (lmreport's reference, or the user's `--model`, built by
+user_model.build), a random batch of token ids, the loss, and (for training) the optimizer. Its `step(phase)` runs one step of a mode and wraps each phase in
 `with phase(name):`, so the same code is timed (timing.time_phases), profiled (the phase
 names are the NVTX ranges nsys filters on) and memory-profiled (snapshots, estimation on
 fake tensors).
@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmreport import model_cache
-from lmreport.model import build_model
-from lmreport.optim import AdamW
+from lmreport import model_cache, user_model
 from lmreport.presets import WORKLOAD_PHASES as PHASES
 from lmreport.presets import ModelConfig
 from lmreport.timing import untimed_phase
@@ -41,12 +39,13 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class Workload:
     model: nn.Module  # the LM, or its torch.compile wrapper
-    optimizer: AdamW | None  # only in mode "train"
+    optimizer: torch.optim.Optimizer | None  # only in mode "train"
     inputs: torch.Tensor  # (B, T) token ids
     targets: torch.Tensor  # (B, T) next-token ids
     mode: str
     device: str
     dtype: str  # "fp32", "bf16" or "fp16" (autocast)
+    loss_fn: Callable = F.cross_entropy  # (logits (N, V), targets (N,)) -> scalar
 
     def autocast(self):
         low = AUTOCAST_DTYPES[self.dtype]
@@ -63,7 +62,7 @@ class Workload:
         self.model.zero_grad(set_to_none=True)
         with phase("forward"), self.autocast():
             logits = self.model(self.inputs)  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
+            loss = self.loss_fn(logits.flatten(0, 1), self.targets.flatten())
         del logits
         with phase("backward"):
             loss.backward()
@@ -77,27 +76,30 @@ class Workload:
 
 
 def make_workload(cfg: ModelConfig, batch: int, ctx: int, mode: str, device: str = "cpu", dtype: str = "fp32",
-                  compile: bool = False, seed: int = 0) -> Workload:
-    """The model for cfg on device (RoPE sized for ctx), a random batch, AdamW for "train"."""
+                  compile: bool = False, seed: int = 0, spec: user_model.ModelSpec | None = None) -> Workload:
+    """The model of spec (None: lmreport's) for cfg on device (RoPE sized for ctx), a random batch, the
+    optimizer for "train"."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(AUTOCAST_DTYPES)}")
     gen = torch.Generator().manual_seed(seed)
     model_cfg = cfg.with_(context_length=max(ctx, cfg.context_length))  # RoPE sized for ctx
+    spec = spec or user_model.reference()
 
     def build() -> nn.Module:
-        with torch.device(device):
-            return build_model(model_cfg)
-    # A worker process keeps the model for the next cell of the same key (model_cache.py); training and
-    # compiling take it, so those cells never hand on weights they changed or a module a compiler wrapped.
-    model = model_cache.model_for(model_cache.key(build_model, model_cfg, device), build,
+        return user_model.build(spec, model_cfg, device)
+    # A worker process keeps the model for the next cell of the same key (model_cache.py): the implementation
+    # (its targets and source hashes), the config and the device. Training and compiling take it, so those
+    # cells never hand on weights they changed or a module a compiler wrapped.
+    model = model_cache.model_for(model_cache.key(user_model.build, (spec, model_cfg), device), build,
                                   take=mode == "train" or compile, device=device)
-    if model.lm_head.weight.device.type != "meta":
+    if torch.device(device).type != "meta":
         ids = torch.randint(cfg.vocab_size, (batch, ctx + 1), generator=gen)
     else:
         ids = torch.zeros(batch, ctx + 1, dtype=torch.long)
     ids = ids.to(device)
-    optimizer = AdamW(model.parameters()) if mode == "train" else None
+    optimizer = user_model.make_optimizer(spec, model.parameters()) if mode == "train" else None
     runnable = torch.compile(model) if compile else model
-    return Workload(runnable, optimizer, ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mode, device, dtype)
+    return Workload(runnable, optimizer, ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mode, device, dtype,
+                    user_model.loss_function(spec))

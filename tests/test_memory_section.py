@@ -223,8 +223,8 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda.memory, "_record_memory_history", fake._record_memory_history)
     monkeypatch.setattr(torch.cuda.memory, "_dump_snapshot", fake._dump_snapshot)
     real = workloads.make_workload
-    monkeypatch.setattr(workloads, "make_workload", lambda cfg, b, t, mode, device, dtype: real(
-        CPU_MODELS["tiny"], 1, 16, mode, device="cpu", dtype=dtype))
+    monkeypatch.setattr(workloads, "make_workload", lambda cfg, b, t, mode, device, dtype, **kw: real(
+        CPU_MODELS["tiny"], 1, 16, mode, device="cpu", dtype=dtype, **kw))
     return fake
 
 

@@ -53,9 +53,10 @@ def test_cells_of_each_profile():
     h25 = ex.cells(plan("handout-2025"))
     assert len(h25) == 5 * 4 * 2 and {c.requires for c in h25} == {"cuda"}  # nsys or torch.profiler, chosen there
     assert h25[0].name == "small-ctx128-forward-fp32" and h25[1].name == "small-ctx128-train-fp32"
-    assert h25[0].config == {"edition": 2025, "profile": "handout-2025", "size": "small", "ctx": 128, "mode": "forward",
-                             "dtype": "fp32", "batch": 4, "warmup": 5, "steps": 10, "device": "cuda",
-                             "profiler": "auto"}
+    config = dict(h25[0].config)
+    assert config.pop("implementation")["model"] == "lmreport.model:TransformerLM"  # the model it profiles (user_model.py)
+    assert config == {"edition": 2025, "profile": "handout-2025", "size": "small", "ctx": 128, "mode": "forward",
+                      "dtype": "fp32", "batch": 4, "warmup": 5, "steps": 10, "device": "cuda", "profiler": "auto"}
     h26 = ex.cells(plan("handout-2026"))
     assert {c.config["size"] for c in h26} == {"small", "large"}
     assert sorted({c.config["ctx"] for c in h26}) == [256, 512, 1024, 2048, 4096, 8192, 16384]

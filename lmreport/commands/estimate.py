@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from lmreport import presets
+from lmreport.commands._common import add_model_arguments, resolve_model
 from lmreport.errors import UserError
 
 ORDER = 45
@@ -29,6 +30,7 @@ def register(sub) -> None:
     q.add_argument("--target", choices=("cuda", "cpu"), default="cuda",
                    help="whose autocast rules decide bf16 dtypes (default cuda)")
     q.add_argument("--json", action="store_true", help='print {"peak_bytes": ..., "breakdown": {...}}')
+    add_model_arguments(q)
     q.set_defaults(func=main)
 
 
@@ -44,9 +46,15 @@ def main(args) -> int:
         raise UserError("--first-step describes a training step: use it with --mode train")
     if args.with_grad and args.mode != "forward":
         raise UserError("--with-grad describes a forward pass: use it with --mode forward")
+    spec = resolve_model(args, load=True)
     from lmreport.estimate.memory import estimate_memory
-    e = estimate_memory(table[args.size], batch, args.ctx, args.mode, args.dtype,
-                        step="first" if args.first_step else "steady", grad=args.with_grad, target=args.target)
+    from lmreport.user_model import NotAbstract
+    try:
+        e = estimate_memory(table[args.size], batch, args.ctx, args.mode, args.dtype,
+                            step="first" if args.first_step else "steady", grad=args.with_grad, target=args.target,
+                            spec=spec)
+    except NotAbstract as err:
+        raise UserError(f"--model {spec.model.target}: cannot be estimated without allocating ({err})") from None
     if args.json:
         print(json.dumps(e.summary(), indent=1))
         return 0
@@ -54,7 +62,10 @@ def main(args) -> int:
     what = {"forward": "forward (inference, no_grad)" if not args.with_grad else "forward with autograd recording",
             "train": f"training step ({'first step' if args.first_step else 'after warm-up'})"}[args.mode]
     print(f"{args.size} ({ed.year} table), batch {batch}, context {args.ctx}, {what}, {args.dtype}"
-          f" ({args.target.upper()} autocast rules), estimated on fake tensors in {e.seconds:.1f} s")
+          f" ({args.target.upper()} autocast rules), estimated on fake tensors in {e.seconds:.1f} s"
+          + ("" if spec.is_reference else f"; model {spec.label}"))
+    if e.fallback:
+        print(f"fell back: {e.fallback}")
     print(f"peak {e.peak_bytes / gib:,.2f} GiB ({e.peak_bytes:,} bytes) during {e.peak_phase}")
     for k, v in e.breakdown.items():
         extra = f" (of which autocast weight copies {e.weight_copies_bytes / gib:,.2f} GiB)" if k == "temporaries" and e.weight_copies_bytes else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lmreport.commands._common import add_plan_arguments, resolve_plan
+from lmreport.commands._common import add_plan_arguments, resolve_model, resolve_plan
 from lmreport.commands._ingesters import ingesters
 
 ORDER = 50
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 def main(args, mod) -> int:
     from lmreport.runner import Plan
-    plan = Plan(*resolve_plan(args))
+    plan = Plan(*resolve_plan(args), resolve_model(args))  # --model: which implementation the artifact profiled
     written = mod.ingest_files(args.files, args, plan)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from lmreport.commands._common import add_plan_arguments, resolve_plan
+from lmreport.commands._common import add_plan_arguments, resolve_model, resolve_plan
 from lmreport.errors import UserError
 
 ORDER = 10
@@ -100,7 +100,7 @@ def main(args) -> int:
         os.environ["LMREPORT_PROFILER"] = args.profiler
 
     profile, edition = resolve_plan(args)
-    plan = runner.Plan(profile, edition)
+    plan = runner.Plan(profile, edition, resolve_model(args, load=True))
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
     from lmreport import launchers
     executor = args.executor or launchers.default_name()

@@ -14,7 +14,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from lmreport.commands._common import add_plan_arguments, resolve_plan
+from lmreport.commands._common import add_plan_arguments, resolve_model, resolve_plan
 
 ORDER = 15
 COLUMNS = ("ok", "oom", "error", "skipped", "queued", "running", "unknown", "not run")
@@ -52,7 +52,7 @@ def main(args) -> int:
     from lmreport.runner import Plan
     from lmreport.sections import all_sections, get
 
-    plan = Plan(*resolve_plan(args))
+    plan = Plan(*resolve_plan(args), resolve_model(args))
     run_dir = Path(args.runs_dir) / plan.run
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
     jobs = slurm.read_jobs(run_dir)

@@ -61,9 +61,10 @@ def _native_stderr_silenced():
 
 def measure_step(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str = "fp32", *,
                  step: str = "steady", grad: bool = False, seed: int = 0,
-                 checkpoint_every: int | None = None) -> CpuMeasurement:
+                 checkpoint_every: int | None = None, spec=None) -> CpuMeasurement:
+    """spec: the implementation (user_model.ModelSpec; None: lmreport's model)."""
     from lmreport.estimate.checkpointing import checkpointed_layers
-    w = make_workload(cfg, batch, ctx, mode, device="cpu", dtype=dtype, seed=seed)
+    w = make_workload(cfg, batch, ctx, mode, device="cpu", dtype=dtype, seed=seed, spec=spec)
     if mode == "train" and step == "steady":
         w.step()  # warm-up: AdamW allocates m and v
     w.model.zero_grad(set_to_none=True)

@@ -1,9 +1,11 @@
 """Estimate the memory of one step of the shared workload at full size, on fake tensors.
 
-The model is built on `meta` (nothing allocated, no initialisation), its parameters are
-replaced by fake CPU tensors (torch._subclasses.FakeTensorMode: shapes, dtypes, autograd
-and autocast work, no byte is allocated), and one step of lmreport.workloads.Workload runs
-under the storage tracker. What is estimated is what a measured cell measures:
+The run's model (lmreport's, or the user's `--model`: user_model.py) is built on `meta` (nothing
+allocated, no initialisation), its parameters and buffers are replaced by fake CPU tensors
+(torch._subclasses.FakeTensorMode: shapes, dtypes, autograd and autocast work, no byte is
+allocated), and one step of lmreport.workloads.Workload runs under the storage tracker. A model
+`meta` cannot build is built under FakeTensorMode instead (`fallback` says why); one that reads
+values of its tensors cannot be estimated at all (user_model.NotAbstract). What is estimated is what a measured cell measures:
 
 - "train", step="steady" (default): a step after warm-up. The optimizer state exists (one
   real AdamW step on fake tensors has created m and v), gradients are None when the step
@@ -33,8 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from lmreport.estimate.checkpointing import checkpointed_layers
 from lmreport.estimate.cuda_autocast import CudaAutocastRules
 from lmreport.estimate.tracker import CATEGORIES, Replay, StorageTracker
-from lmreport.model import TransformerLM, build_model
-from lmreport.optim import AdamW
+from lmreport import user_model
 from lmreport.presets import ModelConfig
 from lmreport.workloads import AUTOCAST_DTYPES, MODES, Workload
 
@@ -59,6 +60,8 @@ class MemoryEstimate:
     top_allocations: list[dict]  # alive at the peak: size_bytes, source, category, count
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
+    built_on: str = "meta"  # where the model was built before its tensors were made fake: "meta" or "fake"
+    fallback: str | None = None  # why it was not built on meta
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,35 +77,35 @@ class MemoryEstimate:
 @dataclass
 class _FakeModel:
     fake: FakeTensorMode
-    model: TransformerLM
-    steady_optimizer: AdamW | None = None  # warmed once: m and v exist
+    model: torch.nn.Module
+    spec: user_model.ModelSpec
+    context_length: int  # RoPE built for this many tokens
+    fallback: str | None = None  # why it was built under FakeTensorMode rather than on meta
+    steady_optimizer: torch.optim.Optimizer | None = None  # warmed once: m and v exist
 
 
-_CACHE: dict[ModelConfig, _FakeModel] = {}
+_CACHE: dict[tuple, _FakeModel] = {}
 
 
-def _fake_model(cfg: ModelConfig, ctx: int) -> _FakeModel:
-    fm = _CACHE.get(cfg)
-    if fm is None or fm.model.cfg.context_length < ctx:
-        fake = FakeTensorMode()
-        with torch.device("meta"):
-            model = build_model(cfg, context_length=max(ctx, cfg.context_length))
-        with fake:
-            for mod in model.modules():
-                for name, p in list(mod._parameters.items()):
-                    if p is not None:
-                        mod._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="cpu"))
-        fm = _CACHE[cfg] = _FakeModel(fake, model)
+def _fake_model(cfg: ModelConfig, ctx: int, spec: user_model.ModelSpec | None = None) -> _FakeModel:
+    spec = spec or user_model.reference()
+    key = (spec.key, spec.model.sha256, cfg)
+    fm = _CACHE.get(key)
+    if fm is None or fm.context_length < ctx:
+        length = max(ctx, cfg.context_length)
+        model, fake, _, fallback = user_model.abstract_model(spec, cfg, length, "fake")
+        fm = _CACHE[key] = _FakeModel(fake, model, spec, length, fallback)
     return fm
 
 
-def _warm_optimizer(fm: _FakeModel) -> AdamW:
-    """AdamW after one real step (on fake tensors): its state is what a warm-up leaves."""
+def _warm_optimizer(fm: _FakeModel) -> torch.optim.Optimizer:
+    """The optimizer after one real step (on fake tensors): its state is what a warm-up leaves."""
     if fm.steady_optimizer is None:
         with fm.fake:
-            opt = AdamW(fm.model.parameters())
+            opt = user_model.make_optimizer(fm.spec, fm.model.parameters())
             ids = torch.zeros(1, 9, dtype=torch.long)
-            Workload(fm.model, opt, ids[:, :-1], ids[:, 1:], "train", "cpu", "fp32").step()
+            Workload(fm.model, opt, ids[:, :-1], ids[:, 1:], "train", "cpu", "fp32",
+                     user_model.loss_function(fm.spec)).step()
             fm.model.zero_grad(set_to_none=True)
         fm.steady_optimizer = opt
     return fm.steady_optimizer
@@ -117,9 +120,25 @@ def clear_cache() -> None:
 
 def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str = "fp32", *,
                     step: str = "steady", grad: bool = False, target: str = "cuda",
-                    checkpoint_every: int | None = None) -> MemoryEstimate:
-    """One step's memory (see the module doc); checkpoint_every=k runs the blocks in activation
-    checkpoints of k blocks (estimate/checkpointing.py)."""
+                    checkpoint_every: int | None = None, spec: user_model.ModelSpec | None = None) -> MemoryEstimate:
+    """One step's memory (see the module doc) of spec's model (None: lmreport's); checkpoint_every=k runs
+    the blocks of lmreport's model in activation checkpoints of k blocks (estimate/checkpointing.py).
+
+    A user's model that fails on fake tensors raises user_model.NotAbstract with the reason."""
+    try:
+        return _estimate(cfg, batch, ctx, mode, dtype, step=step, grad=grad, target=target,
+                         checkpoint_every=checkpoint_every, spec=spec)
+    except (ValueError, user_model.UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code on fake tensors (reading a value, a device of its own)
+        if spec is None or spec.is_reference:
+            raise
+        raise user_model.NotAbstract(f"not on fake tensors (FakeTensorMode): {type(e).__name__}: "
+                                     f"{' '.join(str(e).split())[:300]}") from e
+
+
+def _estimate(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str, *, step: str, grad: bool,
+              target: str, checkpoint_every: int | None, spec: user_model.ModelSpec | None) -> MemoryEstimate:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if dtype not in AUTOCAST_DTYPES:
@@ -129,20 +148,21 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
     if target not in ("cuda", "cpu"):
         raise ValueError(f"unknown target {target!r}: cuda or cpu")
     t0 = time.perf_counter()
-    fm = _fake_model(cfg, ctx)
+    fm = _fake_model(cfg, ctx, spec)
     model = fm.model
     optimizer = None
     if mode == "train":
         optimizer = _warm_optimizer(fm) if step == "steady" else None
         if optimizer is None:
             with fm.fake:
-                optimizer = AdamW(model.parameters())
+                optimizer = user_model.make_optimizer(fm.spec, model.parameters())
     tracker = StorageTracker()
     kept = []  # outputs held to the end of a forward-with-grad (a snapshot taken after model(x))
     with fm.fake:
         model.zero_grad(set_to_none=True)
         ids = torch.zeros(batch, ctx + 1, dtype=torch.long)
-        w = Workload(model, optimizer, ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mode, "cpu", dtype)
+        w = Workload(model, optimizer, ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mode, "cpu", dtype,
+                     user_model.loss_function(fm.spec))
         del ids
         tracker.track_existing(model.parameters(), "parameters")
         if optimizer is not None:
@@ -166,10 +186,11 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
                   "step": step if mode == "train" else None, "grad": grad if mode == "forward" else None,
                   "target": target, "checkpoint_every": checkpoint_every}
     est.seconds = time.perf_counter() - t0
+    est.built_on, est.fallback = ("fake", fm.fallback) if fm.fallback else ("meta", None)
     return est
 
 
-def _state_tensors(optimizer: AdamW) -> list[torch.Tensor]:
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
 

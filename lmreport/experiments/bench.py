@@ -157,6 +157,7 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
 
     from lmreport.device import synchronize
     from lmreport.timing import profiler_range, time_phases, timed_work
+    from lmreport.user_model import spec_of
     from lmreport.workloads import make_workload
 
     device, mode, dtype = config["device"], config["mode"], config["dtype"]
@@ -164,7 +165,8 @@ def run_step(config: dict, artifacts_dir: Path) -> dict:
     batch, ctx = config["batch"], config["ctx"]
     fresh = _cells_run_in_this_process == 0
     _cells_run_in_this_process += 1
-    w = make_workload(model_cfg, batch, ctx, mode, device=device, dtype=dtype, compile=config["compiled"])
+    w = make_workload(model_cfg, batch, ctx, mode, device=device, dtype=dtype, compile=config["compiled"],
+                      spec=spec_of(config))
     try:
         first_ms = None
         warmup = config["warmup"]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lmreport.presets import model_of
 from lmreport.runner import Cell, CellSkipped, Plan, cell
+from lmreport.user_model import spec_of
 
 SECTION = "memory"
 MODES = ("forward", "train")
@@ -70,11 +71,12 @@ def cells(plan: Plan) -> list[Cell]:
     if ed.year in CHECKPOINT_EDITIONS:
         for ctx in contexts:
             out.append(cell(plan, SECTION, f"block-{size}-ctx{ctx}", size=size, ctx=ctx, batch=batch, mode="train",
-                            dtype="fp32", source="block"))
+                            dtype="fp32", source="block", implementation=None))  # lmreport's block, any --model
         ctx = max(contexts)
         for k in checkpoint_groups(ed.study_models[size].num_layers):
             out.append(cell(plan, SECTION, f"checkpoint-{size}-ctx{ctx}-every{k}", size=size, ctx=ctx, batch=batch,
-                            mode="train", dtype="fp32", source="checkpointing", step="steady", checkpoint_every=k))
+                            mode="train", dtype="fp32", source="checkpointing", step="steady", checkpoint_every=k,
+                            implementation=None))  # lmreport's blocks regrouped (estimate/checkpointing.py)
     return out
 
 
@@ -111,21 +113,33 @@ def _estimate_metrics(e) -> dict:
 def _run_estimated(c: Cell) -> dict:
     from lmreport.estimate.memory import estimate_memory
     cfg, k = model_config(c), c.config
-    main = estimate_memory(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=k.get("step") or "steady",
-                           grad=bool(k.get("grad")), target="cuda")
+    spec = spec_of(k)
+    main = _estimate_or_skip(spec, cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=k.get("step") or "steady",
+                             grad=bool(k.get("grad")), target="cuda")
     metrics = _estimate_metrics(main)
     # the variant a snapshot taken elsewhere often is, so it can be compared like with like
     if k["mode"] == "train":
-        other = estimate_memory(cfg, k["batch"], k["ctx"], "train", k["dtype"], step="first", target="cuda")
+        other = estimate_memory(cfg, k["batch"], k["ctx"], "train", k["dtype"], step="first", target="cuda", spec=spec)
         name = "first_step"
     else:
-        other = estimate_memory(cfg, k["batch"], k["ctx"], "forward", k["dtype"], grad=True, target="cuda")
+        other = estimate_memory(cfg, k["batch"], k["ctx"], "forward", k["dtype"], grad=True, target="cuda", spec=spec)
         name = "with_grad"
     metrics["variants"] = {name: {key: getattr(other, key) for key in
                                   ("peak_bytes", "breakdown", "weight_copies_bytes", "phase_peaks", "peak_phase",
                                    "initial_bytes", "final_bytes")}}
     metrics["target"] = "cuda"
     return {"metrics": metrics}
+
+
+def _estimate_or_skip(spec, cfg, batch, ctx, mode, dtype, **kw):
+    """estimate_memory of the run's model; a model that runs neither on `meta` nor on fake tensors cannot
+    be estimated, which the cell records as skipped with the reason (its bench cells still time it)."""
+    from lmreport.estimate.memory import estimate_memory
+    from lmreport.user_model import NotAbstract
+    try:
+        return estimate_memory(cfg, batch, ctx, mode, dtype, spec=spec, **kw)
+    except NotAbstract as e:
+        raise CellSkipped(f"{spec.model.target} cannot be estimated without allocating: {e}") from None
 
 
 def _run_checkpointing(c: Cell) -> dict:
@@ -146,8 +160,9 @@ def _run_cpu_check(c: Cell) -> dict:
     from lmreport.estimate.memory import estimate_memory
     cfg, k = model_config(c), c.config
     step = k.get("step") or "steady"
-    est = estimate_memory(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step, target="cpu")
-    real = measure_step(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step)
+    spec = spec_of(k)
+    est = _estimate_or_skip(spec, cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step, target="cpu")
+    real = measure_step(cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=step, spec=spec)
     return {"metrics": {
         "estimated_peak_bytes": est.peak_bytes, "measured_peak_bytes": real.peak_bytes,
         "baseline_bytes": real.baseline_bytes, "estimated_initial_bytes": est.initial_bytes,
@@ -172,7 +187,7 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     from lmreport.workloads import make_workload
 
     k = c.config
-    w = make_workload(model_config(c), k["batch"], k["ctx"], k["mode"], device="cuda", dtype=k["dtype"])
+    w = make_workload(model_config(c), k["batch"], k["ctx"], k["mode"], device="cuda", dtype=k["dtype"], spec=spec_of(k))
     for _ in range(WARMUP_STEPS):
         w.step()
         torch.cuda.synchronize()

@@ -25,12 +25,14 @@ def run(config: dict) -> dict:
     import torch
 
     from lmreport.timing import time_phases
+    from lmreport.user_model import spec_of
     from lmreport.workloads import make_workload
 
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device: the nsys worker profiles GPU kernels")
     device = "cuda"
-    w = make_workload(model_config(config), config["batch"], config["ctx"], config["mode"], device, config["dtype"])
+    w = make_workload(model_config(config), config["batch"], config["ctx"], config["mode"], device, config["dtype"],
+                      spec=spec_of(config))
     stats = time_phases(w.step, device, config["warmup"], config["steps"])
     return {"status": "ok", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "timing": {f"{name.replace(' ', '_')}_ms": s.to_metric() for name, s in stats.items()}}

@@ -46,6 +46,7 @@ def run(config: dict, artifacts_dir: Path) -> dict:
 
     from lmreport.ingest.kineto_summary import summarise_trace
     from lmreport.timing import time_phases
+    from lmreport.user_model import spec_of
     from lmreport.workloads import make_workload
 
     device = config.get("device", "cpu")
@@ -62,7 +63,8 @@ def run(config: dict, artifacts_dir: Path) -> dict:
         prof.export_chrome_trace(str(trace))  # torch gzips a name ending in .gz
         written.append(trace)
 
-    w = make_workload(model_of(config), config["batch"], config["ctx"], config["mode"], device, config["dtype"])
+    w = make_workload(model_of(config), config["batch"], config["ctx"], config["mode"], device, config["dtype"],
+                      spec=spec_of(config))
     try:
         with warnings.catch_warnings():
             # "Profiler won't be using warmup" when a cell has no warm-up step: the cell asked for that

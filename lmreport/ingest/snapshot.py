@@ -241,6 +241,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     """
     from lmreport import store
     from lmreport.device import environment
+    from lmreport.user_model import reference
 
     batch = _check_ingest_arguments(args, plan)
     paths = [Path(p) for p in paths]
@@ -248,7 +249,8 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     config = {"edition": plan.edition.year, "profile": plan.profile.name, "size": args.size, "ctx": args.ctx,
               "batch": batch, "mode": args.mode, "dtype": args.dtype, "source": "measured",
               "step": ("first" if args.first_step else "steady") if args.mode == "train" else None,
-              "grad": bool(args.with_grad) if args.mode == "forward" else None, "ingested": True}
+              "grad": bool(args.with_grad) if args.mode == "forward" else None, "ingested": True,
+              "implementation": (plan.model or reference()).to_config()}
     prepared = []
     for path, cell in zip(paths, _cell_names(paths, base)):
         raw = safe_pickle.load(path)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmreport import user_model
 from lmreport.presets import Edition, Profile, default_profile_name, profile
 from lmreport.sections import Section
 
@@ -27,6 +28,11 @@ class SectionView:
     figures_dir: Path  # where plots go (build/figures)
     figures_rel: str = "figures"  # the same folder, relative to writeup.md
     all_records: tuple[dict, ...] = ()  # the selected records of every section (cross-section answers)
+    model: user_model.ModelSpec | None = None  # the implementation this writeup is of (None: lmreport's)
+
+    @property
+    def spec(self) -> user_model.ModelSpec:
+        return self.model or user_model.reference()
 
     def records_of(self, section: str) -> list[dict]:
         """Another section's records, e.g. bench timings next to nsys totals."""
@@ -67,12 +73,16 @@ class SectionView:
         where = "; ".join(devices) if devices else "no device (formulas only)"
         line = (f"{'**Mixed devices:** ' if mixed else 'Device: '}{where} · host{'s' if len(hosts) > 1 else ''} "
                 f"{', '.join(hosts)} · profile {self.profile.name}") if recs else f"Formulas only · profile {self.profile.name}"
-        return {"devices": devices, "hosts": hosts, "profile": self.profile.name, "mixed": mixed, "line": line}
+        models = model_facts(recs)
+        line += models["line"]
+        return {"devices": devices, "hosts": hosts, "profile": self.profile.name, "mixed": mixed, "line": line,
+                "models": models["labels"], "stale": models["stale"]}
 
     def plan_flags(self, prof: Profile | None = None) -> str:
-        """The flags that select this plan, ' --profile P [--edition E]' (or this edition under another profile)."""
+        """The flags that select this plan, ' --profile P [--edition E] [--model M]' (or this edition under
+        another profile)."""
         prof = prof or self.profile
-        return f" --profile {prof.name}" + ("" if prof.edition else f" --edition {self.edition.year}")
+        return f" --profile {prof.name}" + ("" if prof.edition else f" --edition {self.edition.year}") + self.spec.flags()
 
     def run_command(self, section: str | None = None, prof: Profile | None = None) -> str:
         """`lmreport run SECTION ...` for this plan; by default this section and this view's profile."""
@@ -103,3 +113,27 @@ class SectionView:
     def require_records(self) -> None:
         if not self.records:
             raise MissingRecords(f"no records for this section in runs/{self.run}/{self.section.name}/")
+
+
+def model_facts(records: list[dict]) -> dict:
+    """Which implementation(s) measured these records, for the line under a table.
+
+    labels: every implementation named (module:Class, ...); stale: records measured with a source file that
+    has changed since (user_model.stale). The line names the model when it is not lmreport's own, or when
+    the source changed, so that every table of a user's writeup says whose code it measured and a table
+    of an edited model says that its numbers are of the earlier code.
+    """
+    impls = [impl for r in records
+             if isinstance(impl := (r.get("config") or {}).get("implementation"), dict) and impl.get("model")]
+    labels = sorted({user_model.label_of(i) for i in impls})
+    shas = sorted({i.get("model_sha256") or "" for i in impls})
+    stale = sum(bool(user_model.stale(i)) for i in impls)
+    ref = user_model.reference().label
+    line = ""
+    if any(label != ref for label in labels) or stale:
+        short = f" (source {shas[0][:12]})" if len(shas) == 1 and shas[0] else ""
+        line = f" · model {'; '.join(labels)}{short}"
+        if stale:
+            line += (f" · **{stale} of these records measured an earlier version of its source**" if stale < len(impls)
+                     else " · **measured an earlier version of its source**")
+    return {"labels": labels, "stale": stale, "line": line}

@@ -2,19 +2,24 @@
 
 Formulas (accounting.py) need no records, so this section always renders; the records of
 `lmreport run accounting` add the checks: module parameter count, FlopCounterMode and the
-bytes really saved for backward, each next to its formula.
+bytes really saved for backward, each next to its formula. For a user's model (`--model`) they
+add its conformance: parameters by component, the FLOP difference and the bytes saved for
+backward next to lmreport's model, with the causes conformance.diagnose derives from the numbers.
 """
 
 from __future__ import annotations
 
 from lmreport import accounting as acc
+from lmreport import conformance
+from lmreport.presets import CPU_MODELS
 from lmreport.report.context import SectionView
 from lmreport.sections import Section
 
 SECTION = Section(
     name="accounting", title="Accounting: parameters, FLOPs and memory", order=10,
     experiment="lmreport.experiments.accounting", report="lmreport.report.sections.accounting",
-    summary="closed-form parameters, FLOPs and AdamW memory, checked on the meta device")
+    summary="closed-form parameters, FLOPs and AdamW memory, checked on the meta device",
+    measures_model=True)
 
 
 def _matmul_rows(cfg, batch: int, ctx: int) -> list[dict]:
@@ -49,7 +54,7 @@ def _checks(view: SectionView) -> list[dict]:
     rows = []
     for r in view.ok:
         c, m = r["config"], r["metrics"]
-        cfg = (ed.gpt2 if c["family"] == "gpt2" else ed.study_models).get(c["model"])
+        cfg = _table(ed, c["family"]).get(c["model"])
         if cfg is None:
             continue
         b, t = c["batch"], c["ctx"]
@@ -63,13 +68,64 @@ def _checks(view: SectionView) -> list[dict]:
             "act_ratio": m["saved_activation_bytes"] / act_formula,
             "by_node": m["saved_bytes_by_node"],
             "record": r,  # for the provenance line of the tables it feeds
+            "cfg": cfg,
         })
-    order = {n: i for i, n in enumerate([*ed.gpt2, *ed.study_models])}
+    order = {n: i for i, n in enumerate([*ed.gpt2, *ed.study_models, *CPU_MODELS])}
     rows.sort(key=lambda row: (order.get(row["model"], len(order)), row["ctx"]))
     for row in rows:
         row["params_match"] = row["params_formula"] == row["params_module"]
         row["flops_match"] = row["flops_formula"] == row["flops_counter"]
     return rows
+
+
+def _table(ed, family: str) -> dict:
+    return {"gpt2": ed.gpt2, "cpu": CPU_MODELS}.get(family, ed.study_models)
+
+
+def _conformance(view: SectionView, checks: list[dict]) -> dict | None:
+    """A user's model against the formulas and against lmreport's model at the same sizes (None for lmreport's)."""
+    if view.spec.is_reference:
+        return None
+    rows = []
+    for c in checks:
+        m = c["record"]["metrics"]
+        if "parameters_by_component" not in m:
+            continue
+        d = conformance.diagnose(c["cfg"], c["batch"], c["ctx"], m["parameters_by_component"],
+                                 m["forward_flops_counter"], m.get("unplaced_parameters") or (),
+                                 m.get("matrices_by_component"))
+        ref = m.get("reference") or {}
+        rows.append({"model": c["model"], "batch": c["batch"], "ctx": c["ctx"], "diagnosis": d,
+                     "flops_formula": c["flops_formula"], "flops_counter": c["flops_counter"],
+                     "flops_ratio": c["flops_counter"] / c["flops_formula"],
+                     "saved_bytes": m["saved_activation_bytes"], "reference_saved_bytes": ref.get("saved_activation_bytes"),
+                     "saved_ratio": (m["saved_activation_bytes"] / ref["saved_activation_bytes"]
+                                     if ref.get("saved_activation_bytes") else None),
+                     "built_on": m.get("built_on", "meta"), "fallback": m.get("fallback"),
+                     "by_node": _node_differences(m["saved_bytes_by_node"], ref.get("saved_bytes_by_node") or {}),
+                     "record": c["record"]})
+    skipped = [{"cell": r["cell"], "reason": r["error"]} for r in view.records if r["status"] == "skipped"]
+    if not rows and not skipped:
+        return None
+    # the table by component for one size: the first that differs, else GPT-2 XL at its context (or the first)
+    detail = next((r for r in rows if not r["diagnosis"].conforms), None) or next(
+        (r for r in rows if r["model"] == "GPT-2 XL"), rows[0] if rows else None)
+    benched = view.profile.models(view.edition)  # the sizes the benchmark times
+    flop_ratios = [{"model": r["model"], "ctx": r["ctx"], "ratio": r["flops_ratio"]} for r in rows
+                   if r["model"] in benched and r["flops_ratio"] != 1]
+    return {"rows": rows, "detail": detail, "skipped": skipped, "label": view.spec.label, "flop_ratios": flop_ratios,
+            "conforms": bool(rows) and all(r["diagnosis"].conforms for r in rows),
+            "fallbacks": sorted({r["fallback"] for r in rows if r["fallback"]}),
+            "built_on": sorted({r["built_on"] for r in rows}),
+            "provenance": view.provenance([r["record"] for r in rows]) if rows else None}
+
+
+def _node_differences(mine: dict, reference: dict, top: int = 8) -> list[dict]:
+    """Saved bytes per autograd node, this model against lmreport's, the largest differences first."""
+    nodes = sorted(set(mine) | set(reference), key=lambda n: -abs(mine.get(n, 0) - reference.get(n, 0)))
+    return [{"node": n, "mine": mine.get(n, 0), "reference": reference.get(n, 0),
+             "difference": mine.get(n, 0) - reference.get(n, 0)}
+            for n in nodes[:top] if mine.get(n, 0) != reference.get(n, 0)]
 
 
 def _saved_explanation(check: dict, cfg, swiglu: bool) -> dict:
@@ -138,6 +194,7 @@ def build(view: SectionView) -> dict:
                      for t in ed.residual_contexts],
         "checks": checks,
         "all_match": bool(checks) and all(c["params_match"] and c["flops_match"] for c in checks),
+        "conformance": _conformance(view, checks),
         "saved": _saved_explanation(ref, xl, swiglu) if ref else None,
         "saved_ref": ref,
         # Where each table's numbers come from: formulas, or the records (device, host, profile).

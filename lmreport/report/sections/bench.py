@@ -20,7 +20,8 @@ from lmreport.sections import Section
 SECTION = Section(
     name="bench", title="End-to-end benchmark", order=30,
     experiment="lmreport.experiments.bench", report="lmreport.report.sections.bench",
-    summary="forward / backward / training-step times, warm-up ablation, bf16, torch.compile, MFU")
+    summary="forward / backward / training-step times, warm-up ablation, bf16, torch.compile, MFU",
+    measures_model=True)
 
 MODE_TITLES = {"forward": "forward", "forward_backward": "forward + backward", "train": "full training step"}
 DTYPE_TITLES = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}

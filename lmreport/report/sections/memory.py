@@ -25,7 +25,8 @@ from lmreport.sections import Section
 SECTION = Section(
     name="memory", title="Memory profiling", order=50,
     experiment="lmreport.experiments.memory", report="lmreport.report.sections.memory",
-    summary="CUDA memory snapshots, full-size estimates on fake tensors, timelines and largest allocations")
+    summary="CUDA memory snapshots, full-size estimates on fake tensors, timelines and largest allocations",
+    measures_model=True)
 
 MODES = ("forward", "train")
 DTYPES = ("fp32", "bf16")
@@ -436,6 +437,8 @@ def build(view: SectionView) -> dict:
         "has_estimates": bool(est_recs), "has_measured": bool(meas_ok),
         "skipped": {"count": len(skipped), "reason": skipped[0]["error"] if skipped else None},
         "estimated_line": view.provenance(est_recs)["line"] if est_recs else None,
+        # a model `meta` cannot build was built under FakeTensorMode (estimate/memory.py): say so and why
+        "estimate_fallbacks": sorted({r["metrics"].get("fallback") for r in est_recs} - {None}),
         "measured_line": view.provenance(meas_ok)["line"] if meas_ok else None,
         "grid_line": view.provenance(est_recs + meas_ok)["line"] if (est_recs or meas_ok) else view.provenance([])["line"],
         "mixed": mixed, "mixed_summary": mixed_summary, "sizes": sizes,

@@ -31,7 +31,8 @@ SECTION = Section(
     name="nsys", title="Kernel profiles: where the GPU time goes", order=40,
     experiment="lmreport.experiments.nsys", report="lmreport.report.sections.nsys",
     summary="kernel profiles of forward and training steps (Nsight Systems or torch.profiler; ingested nsys "
-            "exports or torch.profiler traces), kernels by class, GPU busy/idle")
+            "exports or torch.profiler traces), kernels by class, GPU busy/idle",
+    measures_model=True)
 
 CONFIG_KEYS = ("size", "ctx", "mode")  # the record contract (dtype defaults to fp32)
 NOTICEABLE_SHARE = 0.01  # (c): non-matmul kernels with at least 1% of the forward pass's kernel time
