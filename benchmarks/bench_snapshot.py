@@ -18,29 +18,17 @@ import json
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _process import run  # one fresh process: wall time and peak RSS
+
 TARGET_S = 20.0
 TARGET_RSS = 4 * 1024**3
 TARGET_RATIO = 3.0
 RUNS = 3
-
-
-def run(cmd: list[str]) -> tuple[float, int, bytes]:
-    """(wall seconds, peak RSS in bytes, stdout) of one fresh process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = p.stdout.read()
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss is in KiB on Linux
 
 
 def main() -> int:

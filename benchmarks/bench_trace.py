@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _process import run  # one fresh process: wall time and peak RSS
 
 TARGET_S = 90.0
 TARGET_RSS = 1024**3
@@ -40,19 +40,6 @@ f = gzip.open(sys.argv[1], "rb") if sys.argv[1].endswith(".gz") else open(sys.ar
 n = sum(1 for _ in ijson.items(f, "traceEvents.item", use_float=True))
 print(n)
 """
-
-
-def run(cmd: list[str]) -> tuple[float, int, bytes]:
-    """(wall seconds, peak RSS in bytes, stdout) of one fresh process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = p.stdout.read()
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss * 1024, out  # ru_maxrss is in KiB on Linux
 
 
 def one_step(n: int):

@@ -488,8 +488,6 @@ def abstract_model(spec: ModelSpec | None, cfg: ModelConfig, context_length: int
     """
     import contextlib
 
-    import torch
-
     if kind in ("meta", "cpu"):
         return build(spec, cfg, kind, context_length), contextlib.nullcontext(), kind, None
     if kind != "fake":

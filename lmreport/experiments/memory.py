@@ -157,7 +157,6 @@ def _run_checkpointing(c: Cell) -> dict:
 
 def _run_cpu_check(c: Cell) -> dict:
     from lmreport.estimate.cpu_check import measure_step
-    from lmreport.estimate.memory import estimate_memory
     cfg, k = model_config(c), c.config
     step = k.get("step") or "steady"
     spec = spec_of(k)

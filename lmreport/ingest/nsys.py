@@ -89,18 +89,24 @@ def format_summary(summary: dict) -> str:
 # --- ingest ---------------------------------------------------------------------------------
 
 
-def add_ingest_arguments(p) -> None:
+def add_profile_cell_arguments(p, what: str, steps_default: str, device_help: str) -> None:
+    """The flags that name the cell of a profile made elsewhere (`ingest nsys`, `ingest trace`)."""
     p.add_argument("--size", required=True, help="model size of the profile (a size of the edition's table)")
     p.add_argument("--ctx", type=int, required=True, help="context length of the profile")
     p.add_argument("--mode", required=True, choices=MODES, help="what the profiled step ran")
     p.add_argument("--dtype", default="fp32", choices=DTYPES, help="precision (default fp32)")
     p.add_argument("--batch", type=int, help="batch size (default: the edition's, 4)")
-    p.add_argument("--steps", type=int, help="measured steps the profile covers (default: its 'step' NVTX ranges)")
-    p.add_argument("--device", help="the GPU that made the profile, e.g. 'NVIDIA H100 80GB HBM3'")
-    p.add_argument("--host", help="the machine that made the profile")
-    p.add_argument("--run", type=int, metavar="N", help="the N-th profile of files that hold several (1-based)")
+    p.add_argument("--steps", type=int, help=f"measured steps the {what} covers (default: {steps_default})")
+    p.add_argument("--device", help=device_help)
+    p.add_argument("--host", help=f"the machine that made the {what}")
     p.add_argument("--replace", action="store_true",
                    help="overwrite an existing profile of the same cell (kept by default)")
+
+
+def add_ingest_arguments(p) -> None:
+    add_profile_cell_arguments(p, "profile", "its 'step' NVTX ranges",
+                               "the GPU that made the profile, e.g. 'NVIDIA H100 80GB HBM3'")
+    p.add_argument("--run", type=int, metavar="N", help="the N-th profile of files that hold several (1-based)")
 
 
 def cell_name(size: str, ctx: int, mode: str, dtype: str) -> str:

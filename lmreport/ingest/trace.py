@@ -21,7 +21,7 @@ from lmreport.errors import InputFileError, UserError
 from lmreport.ingest import file_sha256
 from lmreport.ingest.kineto_read import is_gzip
 from lmreport.ingest.kineto_summary import PROFILER, summarise_trace
-from lmreport.ingest.nsys import DTYPES, MODES, _ns, cell_name
+from lmreport.ingest.nsys import _ns, add_profile_cell_arguments, cell_name
 from lmreport.presets import model_table
 
 INSPECT_KIND = "trace"
@@ -98,16 +98,8 @@ def format_summary(s: dict) -> str:
 
 
 def add_ingest_arguments(p) -> None:
-    p.add_argument("--size", required=True, help="model size of the profile (a size of the edition's table)")
-    p.add_argument("--ctx", type=int, required=True, help="context length of the profile")
-    p.add_argument("--mode", required=True, choices=MODES, help="what the profiled step ran")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="precision (default fp32)")
-    p.add_argument("--batch", type=int, help="batch size (default: the edition's, 4)")
-    p.add_argument("--steps", type=int, help="measured steps the trace covers (default: its 'step' or ProfilerStep ranges)")
-    p.add_argument("--device", help="the device that made the trace (default: the trace's deviceProperties)")
-    p.add_argument("--host", help="the machine that made the trace")
-    p.add_argument("--replace", action="store_true",
-                   help="overwrite an existing profile of the same cell (kept by default)")
+    add_profile_cell_arguments(p, "trace", "its 'step' or ProfilerStep ranges",
+                               "the device that made the trace (default: the trace's deviceProperties)")
 
 
 def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
