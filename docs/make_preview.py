@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 BUILD = Path("build")
 OUT = Path("docs/preview.png")
-CHAPTERS = ("Accounting: parameters", "Warm-up", "Memory timelines")  # headings to show
+CHAPTERS = ("Accounting: parameters", "Warm-up", "Kernel profiles: where", "Memory timelines")  # headings to show
 
 
 def main() -> int:
