@@ -29,10 +29,15 @@ from lmreport.presets import model_of
 
 # Assumptions, used only where records say nothing better.
 ASSUMED_GPU = "NVIDIA H100 80GB HBM3"  # the course's GPU (2026 handout); datasheet peaks in peaks.py
-# The medians of the H200 bench records at context 512 (../shared/samples/h200: fp32 0.31-0.66, bf16 0.02-0.23;
-# bf16 steps of these sizes are far from the tensor-core peak).
-ASSUMED_MFU = {"fp32": 0.5, "bf16": 0.07}
-ASSUMED_CPU_TFLOPS = 0.05  # a few-core CPU's fp32 matmul rate, when no matmul-cpu record exists
+# Per device type and precision. CUDA: the medians of the H200 bench records at context 512
+# (../shared/samples/h200: fp32 0.31-0.66, bf16 0.02-0.23; bf16 steps of these sizes are far from the
+# tensor-core peak). CPU: the medians of the cpu profile's step records on this project's 2-core CPU
+# machine (fp32 0.49, bf16 0.51 of that machine's measured matmul rate of the same precision).
+ASSUMED_MFU = {"cuda": {"fp32": 0.5, "bf16": 0.07}, "cpu": {"fp32": 0.5, "bf16": 0.5}}
+# A CPU's matmul rate when no matmul-cpu record exists: the cpu profile's matmul cells on this project's
+# 2-core CPU machine (fp32 0.20, bf16 0.42 TFLOP/s, torch 2.13 with oneDNN); other CPUs differ, and the
+# bench section's first cells measure it, after which `--dry-run` uses the records.
+ASSUMED_CPU_TFLOPS = {"fp32": 0.2, "bf16": 0.4}
 # What a fresh process adds to a cell (python, `import torch`, lmreport, the first steps' cold costs, teardown):
 # benchmarks/bench_launch_overhead.py on this project's 2-core CPU machine (README "Launch overhead"); a
 # GPU host's faster CPU pays less.
@@ -144,7 +149,8 @@ class Rates:
             else:
                 where = f"{self.gpu_name} ({self.gpu_source}) datasheet {precision} peak {peak:g} TFLOP/s"
         else:
-            peak, where = ASSUMED_CPU_TFLOPS, f"{ASSUMED_CPU_TFLOPS:g} TFLOP/s (assumed: no matmul-cpu record)"
+            peak = ASSUMED_CPU_TFLOPS[precision]
+            where = f"{peak:g} TFLOP/s (assumed: no matmul-cpu record; a 2-core CPU's measured rate)"
         mfu, mfu_where = self.mfu_override, f"{self.mfu_override} (given)"
         if mfu is None:
             found = self._median_mfu(device, precision, size, mode)
@@ -152,8 +158,9 @@ class Rates:
                 mfu, mfu_where = found[0], ("from this run's step records (median of the same size and mode, "
                                             "else of the size, else of all)")
             else:
-                mfu = ASSUMED_MFU[precision]
-                mfu_where = f"{mfu} (assumed: about the median of real H200 records at context 512)"
+                mfu = ASSUMED_MFU["cuda" if device == "cuda" else "cpu"][precision]
+                mfu_where = f"{mfu} (assumed: about the median of " + (
+                    "real H200 records at context 512)" if device == "cuda" else "the cpu profile's records on a 2-core CPU)")
         self.used[(device, precision)] = f"{device} {precision}: {where} × MFU {mfu_where}"
         return peak * mfu
 

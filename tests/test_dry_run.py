@@ -31,6 +31,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     assert total.split()[1] == str(n_cells)
     assert any(ln.startswith("bench ") for ln in lines) and "  bench: matmul-cpu-fp32, matmul-cpu-bf16, " in out
     assert "estimated from:" in out and "(assumed" in out  # no records: the cost model, its assumptions named
+    # This CPU machine records the CUDA cells as skipped: its own ETA leaves their work out.
+    here = next(ln for ln in lines if ln.startswith("ETA on this machine, which records them as skipped: "))
+    assert "need a CUDA GPU and would be recorded `skipped` here" in out
+
+    def seconds(clock: str) -> int:
+        parts = [int(x) for x in clock.split(":")]
+        return sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+    assert 0 < seconds(here.rsplit(" ", 1)[1]) < seconds(total.split()[-1])
 
     # With records: ok cells are not planned again, and an earlier (failed) record's duration is the estimate.
     cells = bench.cells(PLAN)

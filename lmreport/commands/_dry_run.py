@@ -61,6 +61,11 @@ def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, lau
     for reason, n in needs.items():
         print(f"{n} of these cells {reason.replace('needs', 'need')} and would be recorded `skipped` here; "
               "the ETA is for a machine that runs them", file=out)
+    if needs:  # what this machine will take: its skipped cells cost next to nothing
+        runnable = {name: [c for c in cells if not runner.missing_requirement(c.requires)]
+                    for name, cells in todo.items()}
+        here = eta.estimate(runnable, records, executor, workers=workers, gpu_name=gpu_name)
+        print(f"ETA on this machine, which records them as skipped: {clock_text(here.total_s)}", file=out)
     print("estimated from:", file=out)
     for note in est.notes:
         print(f"  - {note}", file=out)
