@@ -433,3 +433,22 @@ def test_a_cell_without_warm_up_records_its_one_step(tmp_path):
               "batch": 1, "warmup": 0, "steps": 1, "device": "cpu"}
     m = torch_profile.run(config, tmp_path)["metrics"]
     assert m["ranges"]["step"]["instances"] == m["ranges"]["forward"]["instances"] == 1 and m["steps"] == 1
+
+
+def test_a_gzipped_trace_named_json_is_kept_as_json_gz(traces, tmp_path):
+    """A gzipped trace whose name lacks .gz is kept as NAME.gz, not as a .json the loader would take for a record."""
+    runs = tmp_path / "runs"
+    gzipped = tmp_path / "mytrace.json"
+    gzipped.write_bytes(traces["forward.gz"].read_bytes())
+    code, _, err = _cli("ingest", "trace", gzipped, "--size", "tiny", "--ctx", "64", "--mode", "forward",
+                        "--runs-dir", runs, "--profile", "cpu")
+    assert code == 0, err
+    folder = runs / "2025-cpu" / "nsys" / "tiny-ctx64-forward-fp32"
+    assert store.read_record(folder.with_suffix(".json"))["artifacts"] == {"trace": "mytrace.json.gz"}
+    assert (folder / "mytrace.json.gz").read_bytes() == gzipped.read_bytes()  # copied as it is, not gzipped twice
+    assert not list(folder.glob("*.json"))
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(store.load_records(runs)) == 1
+    assert not caught  # the loader found no file it took for a record and could not read

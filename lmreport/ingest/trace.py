@@ -126,10 +126,11 @@ def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
 
 def keep_trace(path: Path, folder: Path) -> Path:
     """The trace beside its record, gzipped: a plain `x.json` becomes `x.json.gz` (a record folder holds no
-    other .json than records, which the loader would take for records; and traces shrink about tenfold)."""
+    other .json than records, which the loader would take for records; and traces shrink about tenfold).
+    The name goes by the suffix, the compression by the content: a gzipped `x.json` is copied to `x.json.gz`."""
     folder.mkdir(parents=True, exist_ok=True)
     gzipped = is_gzip(path)
-    target = folder / (path.name if gzipped or path.name.endswith(".gz") else path.name + ".gz")
+    target = folder / (path.name if path.name.endswith(".gz") else path.name + ".gz")
     if target.exists() and target.samefile(path):
         return target  # re-ingesting the record's own artifact
     tmp = target.with_name(f".{target.name}.tmp")
