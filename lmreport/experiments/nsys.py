@@ -9,7 +9,7 @@ them. On a CPU profile the cells run torch.profiler with CPU activity only: CPU 
 not GPU kernels, and few cells (the shortest context), to keep the CPU writeup quick.
 
 With Nsight Systems, each cell runs `nsys profile` on a small worker (nsys_worker.py) that builds the workload
-(workloads.py) and times it with timing.time_phases: warm-up steps inside the NVTX range
+(workloads.py) and times it with timing.time_phases: each warm-up step inside an NVTX range
 "warmup", then each measured step in a range "step" holding one range per phase ("forward",
 "backward", "optimizer step"); the model adds the attention sub-ranges. Warm-up is left out
 of the capture itself: `--capture-range=nvtx --nvtx-capture=step --capture-range-end=none`
