@@ -62,10 +62,21 @@ def _torch_profiler_range(name: str):
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
 def profiler_range(name: str):
     """A range that profilers see: NVTX (Nsight Systems; a no-op unless it listens), and the same
-    name as a torch.profiler range while torch.profiler records."""
+    name as a torch.profiler range while torch.profiler records.
+
+    A hot path (model.py opens four per attention call): without torch.profiler it is the bare
+    `nvtx.annotate` (about 0.35 µs), not a generator-based context manager around two (about 1.6 µs).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.autograd._profiler_enabled():
+        return _nvtx_and_torch_range(name)
+    return nvtx.annotate(name)
+
+
+@contextlib.contextmanager
+def _nvtx_and_torch_range(name: str):
     with nvtx.annotate(name), _torch_profiler_range(name):
         yield
 

@@ -74,3 +74,16 @@ def test_after_step_is_neither_timed_nor_ranged(monkeypatch):
     stats = time_phases(step, "cpu", warmup=2, steps=3, after_step=after_step)
     assert timing.timed_seconds() - before == pytest.approx(5 * 1.0)  # 2 warm-up + 3 measured steps, no after_step
     assert seen == [[]] * 5 and stats["step"].samples == (1000.0,) * 3 and stats["forward"].n == 3
+
+
+def test_without_torch_profiler_a_range_is_the_bare_nvtx_annotation():
+    """The hot path (four ranges per attention call): no generator-based wrapper when torch.profiler is off."""
+    import nvtx
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lmreport.timing import profiler_range
+    assert type(profiler_range("forward")) is nvtx.annotate
+    with profile(activities=[ProfilerActivity.CPU]):
+        assert type(profiler_range("forward")) is not nvtx.annotate
+        torch.ones(1)
