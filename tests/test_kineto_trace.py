@@ -452,3 +452,31 @@ def test_a_gzipped_trace_named_json_is_kept_as_json_gz(traces, tmp_path):
         warnings.simplefilter("always")
         assert len(store.load_records(runs)) == 1
     assert not caught  # the loader found no file it took for a record and could not read
+
+
+def test_a_bare_array_is_refused_before_its_events_are_read(tmp_path, monkeypatch):
+    from lmreport.ingest import kineto_summary
+    path = tmp_path / "array.json"
+    path.write_bytes(b'[{"ph": "X", "name": "k", "ts": 1, "dur": 2}, ' + b"x" * 1000)  # invalid further on, too
+    monkeypatch.setattr(kineto_summary, "iter_events", lambda p: pytest.fail("the events were streamed"))
+    with pytest.raises(InputFileError, match=r"is a JSON array \(Chrome's bare array format\), not a Kineto trace"):
+        summarise_trace(path)
+
+
+def test_range_kernels_are_those_of_the_ranges_kept(tmp_path):
+    """More range names than MAX_RANGES: the kernels of a range are given for the ranges the summary lists."""
+    from lmreport.ingest.nsys_summary import MAX_RANGES
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("step", 1_000_000, 20_000_000)
+    for i in range(MAX_RANGES + 30):  # later layers: short CPU ranges, long kernels
+        start = 1_000_000 + i * 100_000
+        w.user_annotation(f"layer {i}", start, start + 90_000 - 500 * i)
+        w.kernel("k", start + 1_000, start + 2_000, 1_000 * (i + 1))
+    w.close(21_000_000)
+    m = summarise_trace(_write(tmp_path / "many.json", buf.getvalue()))
+    assert len(m["ranges"]) == MAX_RANGES and set(m["range_kernels"]) == set(m["ranges"])
+    assert m["range_kernels"]["step"]["kernel_ns"] == m["kernel_total_ns"]
+    layer = m["range_kernels"]["layer 3"]
+    assert (layer["kernel_ns"], layer["nvtx_instances"], [(k["name"], k["instances"]) for k in layer["kernels"]]) == \
+        (4_000, 1, [("k", 1)])
