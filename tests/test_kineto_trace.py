@@ -480,3 +480,15 @@ def test_range_kernels_are_those_of_the_ranges_kept(tmp_path):
     layer = m["range_kernels"]["layer 3"]
     assert (layer["kernel_ns"], layer["nvtx_instances"], [(k["name"], k["instances"]) for k in layer["kernels"]]) == \
         (4_000, 1, [("k", 1)])
+
+
+def test_a_range_of_zero_duration_holds_no_kernels(tmp_path):
+    """An empty range (e.g. an empty "warmup") covers no time: no kernels, no crash."""
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("warmup", 1_000_000, 1_000_000)
+    w.user_annotation("step", 2_000_000, 3_000_000)
+    w.kernel("k", 2_100_000, 2_200_000, 100_000)
+    w.close(4_000_000)
+    m = summarise_trace(_write(tmp_path / "empty_range.json", buf.getvalue()))
+    assert m["ranges"]["warmup"]["total_ns"] == 0 and set(m["range_kernels"]) == {"step"}

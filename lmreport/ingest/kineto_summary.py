@@ -269,6 +269,8 @@ class Collector:
         make = kernel_row if activity == "cuda" else operator_row
         out: dict[str, dict] = {}
         for name in ranges:
+            if not windows[name]:
+                continue  # instances of zero duration only: they hold nothing
             starts = np.array([s for s, _ in windows[name]], dtype=np.int64)
             ends = np.array([e for _, e in windows[name]], dtype=np.int64)
             idx = np.searchsorted(starts, at, side="right") - 1
