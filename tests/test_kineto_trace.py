@@ -492,3 +492,16 @@ def test_a_range_of_zero_duration_holds_no_kernels(tmp_path):
     w.close(4_000_000)
     m = summarise_trace(_write(tmp_path / "empty_range.json", buf.getvalue()))
     assert m["ranges"]["warmup"]["total_ns"] == 0 and set(m["range_kernels"]) == {"step"}
+
+
+def test_a_refused_ingest_does_not_parse_the_trace(traces, tmp_path, monkeypatch):
+    """The overwrite check comes before the (streamed, long) parse; the same file again is still allowed."""
+    runs = tmp_path / "runs"
+    base = ["--size", "tiny", "--ctx", "64", "--mode", "forward", "--runs-dir", runs, "--profile", "cpu"]
+    assert _cli("ingest", "trace", traces["forward"], *base)[0] == 0
+    parsed = []
+    real = trace_ingest.summarise_trace
+    monkeypatch.setattr(trace_ingest, "summarise_trace", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    code, _, err = _cli("ingest", "trace", traces["train"], *base)
+    assert code == 2 and "already holds a profile ingested from" in err and parsed == []
+    assert _cli("ingest", "trace", traces["forward"], *base)[0] == 0 and parsed == [traces["forward"]]
