@@ -433,6 +433,7 @@ def test_a_cell_without_warm_up_records_its_one_step(tmp_path):
               "batch": 1, "warmup": 0, "steps": 1, "device": "cpu"}
     m = torch_profile.run(config, tmp_path)["metrics"]
     assert m["ranges"]["step"]["instances"] == m["ranges"]["forward"]["instances"] == 1 and m["steps"] == 1
+    assert m["includes_warmup"] is False and "warmup" not in m["ranges"]  # no warm-up step, so no "(with warm-up)"
 
 
 def test_a_gzipped_trace_named_json_is_kept_as_json_gz(traces, tmp_path):
@@ -492,6 +493,19 @@ def test_a_range_of_zero_duration_holds_no_kernels(tmp_path):
     w.close(4_000_000)
     m = summarise_trace(_write(tmp_path / "empty_range.json", buf.getvalue()))
     assert m["ranges"]["warmup"]["total_ns"] == 0 and set(m["range_kernels"]) == {"step"}
+    assert m["includes_warmup"] is False  # an empty "warmup" range: no warm-up kernel in the trace
+
+
+def test_a_trace_includes_warm_up_when_kernels_ran_in_its_warmup_range(tmp_path):
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("warmup", 1_000_000, 1_500_000)
+    w.kernel("k", 1_100_000, 1_200_000, 100_000)
+    w.user_annotation("step", 2_000_000, 3_000_000)
+    w.kernel("k", 2_100_000, 2_200_000, 100_000)
+    w.close(4_000_000)
+    m = summarise_trace(_write(tmp_path / "warm.json", buf.getvalue()))
+    assert m["includes_warmup"] is True and m["range_kernels"]["warmup"]["kernel_ns"] == 100_000
 
 
 def test_a_refused_ingest_does_not_parse_the_trace(traces, tmp_path, monkeypatch):

@@ -200,7 +200,9 @@ class Collector:
         ranges = m["ranges"]
         m["steps"] = steps or (ranges.get("step") or {}).get("instances") or \
             (ranges.get("ProfilerStep") or {}).get("instances") or None
-        m["includes_warmup"] = ("warmup" in ranges) if ranges else None
+        # the kernels include warm-up ones only if some ran in a "warmup" range: an empty one (a profiler
+        # recording from its start around zero warm-up steps) or one the schedule left out does not count
+        m["includes_warmup"] = ("warmup" in m["range_kernels"]) if ranges else None
         devices = header.devices if header else []
         m["trace_devices"] = [{k: d.get(k) for k in ("id", "name", "totalGlobalMem", "computeMajor", "computeMinor",
                                                      "numSms") if k in d} for d in devices]
