@@ -227,6 +227,11 @@ def resolve(profile_name: str | None, year: int | str | None, cuda_available: bo
 WORKLOAD_PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
                    "train": ("forward", "backward", "optimizer step")}
 
+# The profiling (nsys) section's profilers (experiments/nsys.py) and the variable that picks one,
+# which `lmreport run --profiler` sets: here so that building the CLI's parser imports no experiment.
+PROFILERS = ("auto", "nsys", "torch")
+PROFILER_VARIABLE = "LMREPORT_PROFILER"
+
 
 @dataclass(frozen=True)
 class AttentionGrid:

@@ -50,13 +50,12 @@ from lmreport.errors import UserError
 from lmreport.ingest.nsys import cell_name
 from lmreport.ingest.nsys_summary import pick_tables, summarise
 from lmreport.ingest.nsys_tables import parse_file
+from lmreport.presets import PROFILER_VARIABLE, PROFILERS
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
 SECTION = "nsys"
 MODES = ("forward", "train")  # inference forward; forward + backward + AdamW
 DTYPE = "fp32"
-PROFILERS = ("auto", "nsys", "torch")
-PROFILER_VARIABLE = "LMREPORT_PROFILER"  # `lmreport run --profiler` sets it
 CAPTURE_RANGE = "step"  # the NVTX range timing.time_phases puts around each measured step (warm-up is "warmup")
 # Defaults; the environment variables override them (read when a sweep is planned and run, not at import,
 # so that a bad value is one line naming the variable instead of a crash of every command importing this).
