@@ -185,7 +185,8 @@ PROFILES: dict[str, Profile] = {
         name="cpu", device="cpu",
         description="small sizes and short contexts for a CPU; full-size memory by estimation",
         sizes=("tiny", "mini"), contexts=(64, 128), warmup_steps=2, measure_steps=5,
-        extra_models=CPU_MODELS, compile_sizes=("tiny",), compile_contexts=(64,)),
+        extra_models=CPU_MODELS, compile_sizes=("tiny",), compile_contexts=(64,),
+        profiling_contexts=(64,)),  # the profiling section at its shortest context only: the CPU writeup stays quick
     "handout-2025": Profile(
         name="handout-2025", device="cuda", edition=2025,
         description="the 2025 handout: every size at contexts 128/256/512/1024"),
@@ -225,6 +226,11 @@ def resolve(profile_name: str | None, year: int | str | None, cuda_available: bo
 # NVTX range and a timed phase of timing.time_phases).
 WORKLOAD_PHASES = {"forward": ("forward",), "forward_backward": ("forward", "backward"),
                    "train": ("forward", "backward", "optimizer step")}
+
+# The profiling (nsys) section's profilers (experiments/nsys.py) and the variable that picks one,
+# which `lmreport run --profiler` sets: here so that building the CLI's parser imports no experiment.
+PROFILERS = ("auto", "nsys", "torch")
+PROFILER_VARIABLE = "LMREPORT_PROFILER"
 
 
 @dataclass(frozen=True)

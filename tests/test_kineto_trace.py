@@ -433,3 +433,89 @@ def test_a_cell_without_warm_up_records_its_one_step(tmp_path):
               "batch": 1, "warmup": 0, "steps": 1, "device": "cpu"}
     m = torch_profile.run(config, tmp_path)["metrics"]
     assert m["ranges"]["step"]["instances"] == m["ranges"]["forward"]["instances"] == 1 and m["steps"] == 1
+    assert m["includes_warmup"] is False and "warmup" not in m["ranges"]  # no warm-up step, so no "(with warm-up)"
+
+
+def test_a_gzipped_trace_named_json_is_kept_as_json_gz(traces, tmp_path):
+    """A gzipped trace whose name lacks .gz is kept as NAME.gz, not as a .json the loader would take for a record."""
+    runs = tmp_path / "runs"
+    gzipped = tmp_path / "mytrace.json"
+    gzipped.write_bytes(traces["forward.gz"].read_bytes())
+    code, _, err = _cli("ingest", "trace", gzipped, "--size", "tiny", "--ctx", "64", "--mode", "forward",
+                        "--runs-dir", runs, "--profile", "cpu")
+    assert code == 0, err
+    folder = runs / "2025-cpu" / "nsys" / "tiny-ctx64-forward-fp32"
+    assert store.read_record(folder.with_suffix(".json"))["artifacts"] == {"trace": "mytrace.json.gz"}
+    assert (folder / "mytrace.json.gz").read_bytes() == gzipped.read_bytes()  # copied as it is, not gzipped twice
+    assert not list(folder.glob("*.json"))
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(store.load_records(runs)) == 1
+    assert not caught  # the loader found no file it took for a record and could not read
+
+
+def test_a_bare_array_is_refused_before_its_events_are_read(tmp_path, monkeypatch):
+    from lmreport.ingest import kineto_summary
+    path = tmp_path / "array.json"
+    path.write_bytes(b'[{"ph": "X", "name": "k", "ts": 1, "dur": 2}, ' + b"x" * 1000)  # invalid further on, too
+    monkeypatch.setattr(kineto_summary, "iter_events", lambda p: pytest.fail("the events were streamed"))
+    with pytest.raises(InputFileError, match=r"is a JSON array \(Chrome's bare array format\), not a Kineto trace"):
+        summarise_trace(path)
+
+
+def test_range_kernels_are_those_of_the_ranges_kept(tmp_path):
+    """More range names than MAX_RANGES: the kernels of a range are given for the ranges the summary lists."""
+    from lmreport.ingest.nsys_summary import MAX_RANGES
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("step", 1_000_000, 20_000_000)
+    for i in range(MAX_RANGES + 30):  # later layers: short CPU ranges, long kernels
+        start = 1_000_000 + i * 100_000
+        w.user_annotation(f"layer {i}", start, start + 90_000 - 500 * i)
+        w.kernel("k", start + 1_000, start + 2_000, 1_000 * (i + 1))
+    w.close(21_000_000)
+    m = summarise_trace(_write(tmp_path / "many.json", buf.getvalue()))
+    assert len(m["ranges"]) == MAX_RANGES and set(m["range_kernels"]) == set(m["ranges"])
+    assert m["range_kernels"]["step"]["kernel_ns"] == m["kernel_total_ns"]
+    layer = m["range_kernels"]["layer 3"]
+    assert (layer["kernel_ns"], layer["nvtx_instances"], [(k["name"], k["instances"]) for k in layer["kernels"]]) == \
+        (4_000, 1, [("k", 1)])
+
+
+def test_a_range_of_zero_duration_holds_no_kernels(tmp_path):
+    """An empty range (e.g. an empty "warmup") covers no time: no kernels, no crash."""
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("warmup", 1_000_000, 1_000_000)
+    w.user_annotation("step", 2_000_000, 3_000_000)
+    w.kernel("k", 2_100_000, 2_200_000, 100_000)
+    w.close(4_000_000)
+    m = summarise_trace(_write(tmp_path / "empty_range.json", buf.getvalue()))
+    assert m["ranges"]["warmup"]["total_ns"] == 0 and set(m["range_kernels"]) == {"step"}
+    assert m["includes_warmup"] is False  # an empty "warmup" range: no warm-up kernel in the trace
+
+
+def test_a_trace_includes_warm_up_when_kernels_ran_in_its_warmup_range(tmp_path):
+    buf = io.StringIO()
+    w = KinetoTraceWriter(buf)
+    w.user_annotation("warmup", 1_000_000, 1_500_000)
+    w.kernel("k", 1_100_000, 1_200_000, 100_000)
+    w.user_annotation("step", 2_000_000, 3_000_000)
+    w.kernel("k", 2_100_000, 2_200_000, 100_000)
+    w.close(4_000_000)
+    m = summarise_trace(_write(tmp_path / "warm.json", buf.getvalue()))
+    assert m["includes_warmup"] is True and m["range_kernels"]["warmup"]["kernel_ns"] == 100_000
+
+
+def test_a_refused_ingest_does_not_parse_the_trace(traces, tmp_path, monkeypatch):
+    """The overwrite check comes before the (streamed, long) parse; the same file again is still allowed."""
+    runs = tmp_path / "runs"
+    base = ["--size", "tiny", "--ctx", "64", "--mode", "forward", "--runs-dir", runs, "--profile", "cpu"]
+    assert _cli("ingest", "trace", traces["forward"], *base)[0] == 0
+    parsed = []
+    real = trace_ingest.summarise_trace
+    monkeypatch.setattr(trace_ingest, "summarise_trace", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    code, _, err = _cli("ingest", "trace", traces["train"], *base)
+    assert code == 2 and "already holds a profile ingested from" in err and parsed == []
+    assert _cli("ingest", "trace", traces["forward"], *base)[0] == 0 and parsed == [traces["forward"]]

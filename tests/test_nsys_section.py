@@ -139,6 +139,8 @@ def test_without_records_the_section_says_how_and_shows_the_formulas(tmp_path):
     md = jinja_env().get_template("sections/nsys.md.j2").render(ctx=ctx)
     assert not ctx["has_data"] and "No profiles yet" in md
     assert "lmreport run nsys --profile handout-2025" in md
+    # a CPU run makes torch.profiler profiles (of CPU operators): the section says so, not "needs a GPU"
+    assert "`lmreport run nsys --profile cpu --edition 2025` profiles the CPU operators with torch.profiler" in md
     assert "lmreport ingest nsys stats_*.csv --size small --ctx 512 --mode forward" in md
     assert "--nvtx-capture=step" in md and "| small | 64 |" in md and "| 25.6 |" in md
     assert "small 109, medium 217" in md

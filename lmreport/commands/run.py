@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lmreport.commands._common import add_plan_arguments, resolve_model, resolve_plan
 from lmreport.errors import UserError
+from lmreport.presets import PROFILER_VARIABLE, PROFILERS
 
 ORDER = 10
 FILTER_KEYS = ("size", "ctx", "mode", "dtype")
@@ -40,9 +41,9 @@ def register(sub) -> None:
                    help="print the cells that would run and an estimated wall time; run and write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # The profiling section's profiler (experiments/nsys.py reads the variable when it plans its cells).
-    p.add_argument("--profiler", choices=("auto", "nsys", "torch"),
+    p.add_argument("--profiler", choices=PROFILERS,
                    help="profiler of the nsys section: auto (default: Nsight Systems on a GPU with nsys on PATH, "
-                        "else torch.profiler), nsys or torch; sets LMREPORT_PROFILER")
+                        f"else torch.profiler), nsys or torch; sets {PROFILER_VARIABLE}")
     for key in FILTER_KEYS:
         p.add_argument(f"--{key}", action="append", metavar=key.upper(), type=int if key == "ctx" else str,
                        help=f"only cells with this {key} (repeatable)")
@@ -97,7 +98,7 @@ def main(args) -> int:
     from lmreport.sections import all_sections, get
 
     if args.profiler:  # the nsys section plans its cells with it (their config carries it to any executor)
-        os.environ["LMREPORT_PROFILER"] = args.profiler
+        os.environ[PROFILER_VARIABLE] = args.profiler
 
     profile, edition = resolve_plan(args)
     plan = runner.Plan(profile, edition, resolve_model(args, load=True))

@@ -6,10 +6,11 @@ Nsight Systems when the cell runs on a GPU and `nsys` is on PATH, torch.profiler
 Both profile the same workload with the same ranges and write the same metrics (the
 contract of ingest/nsys_summary.py), so the section reads either; records say which made
 them. On a CPU profile the cells run torch.profiler with CPU activity only: CPU operators,
-not GPU kernels, and few cells (the shortest context), to keep the CPU writeup quick.
+not GPU kernels, and few cells (one short context: the cpu profile's profiling_contexts), to keep
+the CPU writeup quick.
 
 With Nsight Systems, each cell runs `nsys profile` on a small worker (nsys_worker.py) that builds the workload
-(workloads.py) and times it with timing.time_phases: warm-up steps inside the NVTX range
+(workloads.py) and times it with timing.time_phases: each warm-up step inside an NVTX range
 "warmup", then each measured step in a range "step" holding one range per phase ("forward",
 "backward", "optimizer step"); the model adds the attention sub-ranges. Warm-up is left out
 of the capture itself: `--capture-range=nvtx --nvtx-capture=step --capture-range-end=none`
@@ -49,14 +50,12 @@ from lmreport.errors import UserError
 from lmreport.ingest.nsys import cell_name
 from lmreport.ingest.nsys_summary import pick_tables, summarise
 from lmreport.ingest.nsys_tables import parse_file
+from lmreport.presets import PROFILER_VARIABLE, PROFILERS
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 
 SECTION = "nsys"
 MODES = ("forward", "train")  # inference forward; forward + backward + AdamW
 DTYPE = "fp32"
-PROFILERS = ("auto", "nsys", "torch")
-PROFILER_VARIABLE = "LMREPORT_PROFILER"  # `lmreport run --profiler` sets it
-CPU_CONTEXTS = 1  # a CPU profile profiles its shortest context only: the cpu writeup stays quick
 CAPTURE_RANGE = "step"  # the NVTX range timing.time_phases puts around each measured step (warm-up is "warmup")
 # Defaults; the environment variables override them (read when a sweep is planned and run, not at import,
 # so that a bad value is one line naming the variable instead of a crash of every command importing this).
@@ -93,20 +92,16 @@ HANDOUT_SWEEPS = {
 
 
 def sweep(plan: Plan) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(sizes, contexts) of the plan: the profile's own profiling sizes/contexts (e.g. gpu-quick), else
-    those a profile names itself (the CPU profile's small ones, its shortest context only), else the handout's."""
+    """(sizes, contexts) of the plan: the profile's own profiling sizes/contexts (gpu-quick; cpu, whose
+    one short context keeps the CPU writeup quick), else the sizes and contexts a profile names itself,
+    else the handout's."""
     ed, prof = plan.edition, plan.profile
     if prof.profiling_sizes or prof.profiling_contexts:
-        sizes = prof.profiling_sizes or tuple(prof.models(ed))
-        contexts = prof.profiling_contexts or prof.bench_contexts(ed)
-    elif prof.device == "cpu" or prof.sizes or prof.contexts or ed.year not in HANDOUT_SWEEPS:
-        sizes, contexts = tuple(prof.models(ed)), prof.bench_contexts(ed)
-    else:
-        s = HANDOUT_SWEEPS[ed.year]
-        sizes, contexts = (s.sizes or tuple(prof.models(ed))), s.contexts
-    if prof.device == "cpu":
-        contexts = tuple(sorted(contexts))[:CPU_CONTEXTS]
-    return sizes, contexts
+        return prof.profiling_sizes or tuple(prof.models(ed)), prof.profiling_contexts or prof.bench_contexts(ed)
+    if prof.sizes or prof.contexts or ed.year not in HANDOUT_SWEEPS:
+        return tuple(prof.models(ed)), prof.bench_contexts(ed)
+    s = HANDOUT_SWEEPS[ed.year]
+    return s.sizes or tuple(prof.models(ed)), s.contexts
 
 
 def requested_profiler() -> str:
@@ -149,7 +144,7 @@ def cells(plan: Plan) -> list[Cell]:
     timeouts()  # a bad timeout or profiler variable stops `lmreport run nsys` before any cell runs
     profiler = requested_profiler()
     sizes, contexts = sweep(plan)
-    device = "cuda" if plan.profile.device == "cuda" else "cpu"
+    device = plan.profile.device
     # nsys on a CPU profile is refused by run_cell, which says what to use instead
     requires = "any" if device == "cpu" else "nsys" if profiler == "nsys" else "cuda"
     return [cell(plan, SECTION, cell_name(size, ctx, mode, DTYPE), requires=requires, size=size, ctx=ctx, mode=mode,

@@ -3,8 +3,8 @@
     python -m lmreport.experiments.nsys_worker CONFIG_JSON RESULT_JSON
 
 CONFIG_JSON is the cell's config (edition, profile, size, ctx, mode, dtype, batch, warmup,
-steps). The worker builds the shared workload on CUDA and runs timing.time_phases: warm-up in
-the NVTX range "warmup", then each measured step in a range "step" with its phase ranges, which
+steps). The worker builds the shared workload on CUDA and runs timing.time_phases: each warm-up
+step in an NVTX range "warmup", then each measured step in a range "step" with its phase ranges, which
 is what the capture range and the report filter on. The result file holds the Python timing of
 the measured steps under the profiler ({"status": "ok", "timing": {"step_ms": Stats, ...}}), or
 {"status": "oom" | "error", "error": ...}; the worker exits 0 either way so that nsys finishes

@@ -57,11 +57,9 @@ def run(config: dict, artifacts_dir: Path) -> dict:
     trace = out / TRACE_FILE
     trace.unlink(missing_ok=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    written: list[Path] = []
 
     def export(prof) -> None:
         prof.export_chrome_trace(str(trace))  # torch gzips a name ending in .gz
-        written.append(trace)
 
     w = make_workload(model_of(config), config["batch"], config["ctx"], config["mode"], device, config["dtype"],
                       spec=spec_of(config))
@@ -77,7 +75,7 @@ def run(config: dict, artifacts_dir: Path) -> dict:
         if device == "cuda":  # free the cell's GPU memory for the next cell (CPU memory goes by reference counting)
             gc.collect()
             torch.cuda.empty_cache()
-    if not written or not trace.exists():
+    if not trace.exists():  # removed above: only the schedule's end of the measured steps writes it
         raise RuntimeError("torch.profiler wrote no trace: its schedule never reached the end of the measured steps")
     metrics = summarise_trace(trace, steps=config["steps"])
     if not metrics["kernels"]:

@@ -40,7 +40,7 @@ from lmreport.errors import InputFileError
 from lmreport.ingest.kineto_read import TraceHeader, iter_events, read_header
 from lmreport.ingest.nsys_summary import (MAX_KERNELS_PER_RANGE, MAX_RANGES, STUDY_RANGES, class_ns,
                                           kernel_row)
-from lmreport.intervals import window_use
+from lmreport.intervals import union, window_use
 from lmreport.kernels import operator_class
 
 PROFILER = "torch.profiler"
@@ -181,8 +181,11 @@ class Collector:
         m["kernels"] = rows
         m["kernel_total_ns"] = sum(r["total_ns"] for r in rows)
         m["class_ns"] = class_ns(rows)
-        m["ranges"] = self._range_stats()
-        m["range_kernels"] = self._range_kernels(np, name_ids, dur, at, activity) if rows else {}
+        spans = self._spans_by_name()
+        m["ranges"] = self._range_stats(spans)
+        # the time windows of the ranges kept and of the steps (busy/idle), each merged once
+        windows = {n: union(spans[n]) for n in {*m["ranges"], *(n for n in STEP_RANGES if n in spans)}}
+        m["range_kernels"] = self._range_kernels(np, name_ids, dur, at, activity, m["ranges"], windows) if rows else {}
         if self.gpu_ranges:
             cpu_total = {n: v["total_ns"] for n, v in m["ranges"].items()}
             m["range_gpu"] = {n: {"proj_ns": t, "instances": k, "range_ns": cpu_total.get(n)}
@@ -193,11 +196,13 @@ class Collector:
                         "top": [{"name": n, "total_ns": t, "calls": k} for n, (k, t) in top[:API_TOP]]}
         if self.memops:
             m["memops_ns"] = dict(sorted(self.memops.items(), key=lambda kv: -kv[1]))
-        m["busy"] = self._busy(np, activity)
+        m["busy"] = self._busy(np, activity, windows)
         ranges = m["ranges"]
         m["steps"] = steps or (ranges.get("step") or {}).get("instances") or \
             (ranges.get("ProfilerStep") or {}).get("instances") or None
-        m["includes_warmup"] = ("warmup" in ranges) if ranges else None
+        # the kernels include warm-up ones only if some ran in a "warmup" range: an empty one (a profiler
+        # recording from its start around zero warm-up steps) or one the schedule left out does not count
+        m["includes_warmup"] = ("warmup" in m["range_kernels"]) if ranges else None
         devices = header.devices if header else []
         m["trace_devices"] = [{k: d.get(k) for k in ("id", "name", "totalGlobalMem", "computeMajor", "computeMinor",
                                                      "numSms") if k in d} for d in devices]
@@ -242,10 +247,16 @@ class Collector:
             stack.append((t, end, i))
         return np.maximum(self_ns, 0)
 
-    def _range_stats(self) -> dict[str, dict]:
-        by_name: dict[str, list[int]] = {}
+    def _spans_by_name(self) -> dict[str, list[tuple[int, int]]]:
+        """record_function ranges grouped by name: name -> [(start, end), ...] in trace order."""
+        by_name: dict[str, list[tuple[int, int]]] = {}
         for name, start, end in self.ranges:
-            by_name.setdefault(name, []).append(end - start)
+            by_name.setdefault(name, []).append((start, end))
+        return by_name
+
+    def _range_stats(self, spans: dict[str, list[tuple[int, int]]]) -> dict[str, dict]:
+        """The study's ranges, then the others by total time: at most MAX_RANGES."""
+        by_name = {name: [e - s for s, e in ss] for name, ss in spans.items()}
         out = {}
         for name, durs in sorted(by_name.items(), key=lambda kv: (kv[0] not in STUDY_RANGES, -sum(kv[1])))[:MAX_RANGES]:
             out[name] = {"instances": len(durs), "total_ns": sum(durs), "avg_ns": sum(durs) / len(durs),
@@ -253,21 +264,17 @@ class Collector:
                          "stddev_ns": statistics.stdev(durs) if len(durs) > 1 else 0.0}
         return out
 
-    def _windows(self, name: str) -> list[tuple[int, int]]:
-        from lmreport.intervals import union
-        return union((s, e) for n, s, e in self.ranges if n == name)
-
-    def _range_kernels(self, np, name_ids, dur, at, activity) -> dict[str, dict]:
-        instances: dict[str, int] = {}
-        for name, _, _ in self.ranges:
-            instances[name] = instances.get(name, 0) + 1
+    def _range_kernels(self, np, name_ids, dur, at, activity, ranges: dict[str, dict],
+                       windows: dict[str, list[tuple[int, int]]]) -> dict[str, dict]:
+        """The kernels (or CPU operators) of each range of `ranges` (those _range_stats keeps)."""
         n = len(self.name_list)
         make = kernel_row if activity == "cuda" else operator_row
         out: dict[str, dict] = {}
-        for name in instances:
-            windows = self._windows(name)
-            starts = np.array([s for s, _ in windows], dtype=np.int64)
-            ends = np.array([e for _, e in windows], dtype=np.int64)
+        for name in ranges:
+            if not windows[name]:
+                continue  # instances of zero duration only: they hold nothing
+            starts = np.array([s for s, _ in windows[name]], dtype=np.int64)
+            ends = np.array([e for _, e in windows[name]], dtype=np.int64)
             idx = np.searchsorted(starts, at, side="right") - 1
             inside = (idx >= 0) & (at < ends[np.clip(idx, 0, None)])
             if not inside.any():
@@ -276,13 +283,13 @@ class Collector:
             counts = np.bincount(name_ids[inside], minlength=n)
             rows = sorted((make(self.name_list[i], int(round(totals[i])), int(counts[i])) for i in np.nonzero(counts)[0]),
                           key=lambda r: (-r["total_ns"], r["full_name"]))
-            out[name] = {"kernel_ns": sum(r["total_ns"] for r in rows), "nvtx_instances": instances[name],
+            out[name] = {"kernel_ns": sum(r["total_ns"] for r in rows), "nvtx_instances": ranges[name]["instances"],
                          "class_ns": class_ns(rows), "kernels": rows[:MAX_KERNELS_PER_RANGE]}
-        order = sorted(out, key=lambda k: (k not in STUDY_RANGES, -out[k]["kernel_ns"]))
-        return {k: out[k] for k in order[:MAX_RANGES]}
+        return {k: out[k] for k in sorted(out, key=lambda k: (k not in STUDY_RANGES, -out[k]["kernel_ns"]))}
 
-    def _busy(self, np, activity) -> dict | None:
-        """Per measured step: wall time, time with some activity, and the idle share."""
+    def _busy(self, np, activity, windows_by_name: dict[str, list[tuple[int, int]]]) -> dict | None:
+        """Per measured step (the windows of the first of STEP_RANGES found): wall time, time with some
+        activity, and the idle share."""
         if activity == "cuda":
             dev = np.frombuffer(self.k_dev, dtype=np.int64)
             k_dur = np.frombuffer(self.k_dur, dtype=np.int64)
@@ -298,7 +305,7 @@ class Collector:
             return None
         window, windows = "trace", []
         for name in STEP_RANGES:
-            windows = self._windows(name)
+            windows = windows_by_name.get(name, [])
             if windows:
                 window = name
                 break
@@ -319,12 +326,26 @@ def _int(x, default: int) -> int:
     return int(x) if x.__class__ is float and math.isfinite(x) else default
 
 
-def summarise_trace(path: str | Path, steps: int | None = None) -> dict:
-    """The record metrics of one Kineto trace file; InputFileError (one line) for anything not a trace."""
+def trace_header(path: str | Path) -> TraceHeader:
+    """The trace's header (kineto_read.read_header, at most its first MiB), refusing at once what is not
+    a Kineto trace's JSON object (an empty file, a bare array, another JSON value) rather than after
+    streaming the whole file: InputFileError (one line)."""
     path = Path(path)
     header = read_header(path)
     if header.kind == "empty":
         raise InputFileError(path, "empty file (only white space), not a trace")
+    if header.kind in ("array", "other"):
+        what = "a JSON array (Chrome's bare array format)" if header.kind == "array" else "a JSON value"
+        raise InputFileError(path, f"is {what}, not a Kineto trace: torch.profiler writes an object with "
+                                   "\"traceEvents\" (prof.export_chrome_trace)")
+    return header
+
+
+def summarise_trace(path: str | Path, steps: int | None = None, header: TraceHeader | None = None) -> dict:
+    """The record metrics of one Kineto trace file; InputFileError (one line) for anything not a trace.
+    `header`: the file's trace_header when the caller has read it already."""
+    path = Path(path)
+    header = header or trace_header(path)
     collector = Collector()
     try:
         for event in iter_events(path):
@@ -334,10 +355,6 @@ def summarise_trace(path: str | Path, steps: int | None = None) -> dict:
     except OverflowError:
         raise InputFileError(path, f"traceEvents item {collector.events - 1}: its ts or dur is not a finite "
                                    "number of microseconds") from None
-    if header.kind in ("array", "other"):
-        what = "a JSON array (Chrome's bare array format)" if header.kind == "array" else "a JSON value"
-        raise InputFileError(path, f"is {what}, not a Kineto trace: torch.profiler writes an object with "
-                                   "\"traceEvents\" (prof.export_chrome_trace)")
     if collector.events == 0 and header.has_events_key is not True:
         raise InputFileError(path, "JSON without \"traceEvents\": not a Chrome/Kineto trace (torch.profiler's "
                                    "prof.export_chrome_trace writes one)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
-from lmreport.ingest import file_sha256
+from lmreport.ingest import file_sha256, refuse_overwrite
 from lmreport.ingest.nsys_summary import KERNEL_REPORTS, pick_tables, range_name, summarise
 from lmreport.ingest.nsys_tables import REPORTS, Table, parse_file
 from lmreport.kernels import parse_kernel_name
@@ -114,28 +114,6 @@ def cell_name(size: str, ctx: int, mode: str, dtype: str) -> str:
     return f"{size}-ctx{ctx}-{mode}-{dtype}"
 
 
-def _refuse_overwrite(record_file: Path, sources: set[Path], replace: bool) -> None:
-    """An ok or out-of-memory record of the cell (profiled here, or ingested from other files) is kept
-    unless --replace; skipped and error records are placeholders; the same files again change nothing."""
-    if replace or not record_file.exists():
-        return
-    try:
-        old = store.read_record(record_file)
-    except InputFileError:
-        return  # not a record: the runner's rule applies, it is set aside below
-    if old["status"] in ("skipped", "error"):
-        return
-    folder = store.artifacts_dir(record_file)
-    kept = {folder / name for report, name in (old.get("artifacts") or {}).items()
-            if report in REPORTS and isinstance(name, str) and (folder / name).is_file()}
-    if kept and {file_sha256(f) for f in kept} == {file_sha256(f) for f in sources}:
-        return
-    what = ("a profile made by `lmreport run nsys`" if old["metrics"].get("source") == "profiled" else
-            f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
-            if old["status"] == "ok" else "an out-of-memory record")
-    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it")
-
-
 def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     from lmreport.device import git_info
     from lmreport.runner import cell, set_aside_unreadable
@@ -173,7 +151,15 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     c = cell(plan, INGEST_SECTION, cell_name(args.size, args.ctx, args.mode, args.dtype), requires="nsys",
              size=args.size, ctx=args.ctx, mode=args.mode, dtype=args.dtype, batch=batch, source="ingested")
     record_file = store.record_path(args.runs_dir, plan.run, INGEST_SECTION, c.name)
-    _refuse_overwrite(record_file, {origin[id(t)] for t in chosen.values()}, getattr(args, "replace", False))
+    sources = {origin[id(t)] for t in chosen.values()}
+
+    def same_files(old: dict) -> bool:
+        folder = store.artifacts_dir(record_file)
+        kept = {folder / name for report, name in (old.get("artifacts") or {}).items()
+                if report in REPORTS and isinstance(name, str) and (folder / name).is_file()}
+        return bool(kept) and {file_sha256(f) for f in kept} == {file_sha256(f) for f in sources}
+
+    refuse_overwrite(record_file, getattr(args, "replace", False), same_files)
     artifacts_dir = store.artifacts_dir(record_file)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     copied: dict[Path, str] = {}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
-from lmreport.ingest import file_sha256
+from lmreport.ingest import file_sha256, refuse_overwrite
 from lmreport.ingest.kineto_read import is_gzip
-from lmreport.ingest.kineto_summary import PROFILER, summarise_trace
+from lmreport.ingest.kineto_summary import PROFILER, summarise_trace, trace_header
 from lmreport.ingest.nsys import _ns, add_profile_cell_arguments, cell_name
 from lmreport.presets import model_table
 
@@ -102,34 +102,19 @@ def add_ingest_arguments(p) -> None:
                                "the device that made the trace (default: the trace's deviceProperties)")
 
 
-def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
-    """An ok or out-of-memory record of the cell is kept unless --replace; skipped and error records are
-    placeholders; the same trace again (same SHA-256) changes nothing."""
-    if replace or not record_file.exists():
-        return
-    try:
-        old = store.read_record(record_file)
-    except InputFileError:
-        return  # not a record: set aside when the new one is written
-    if old["status"] in ("skipped", "error"):
-        return
-    if ((old["metrics"].get("source_file") or {}) if isinstance(old["metrics"].get("source_file"), dict) else {}
-            ).get("sha256") == sha256:
-        return
-    m = old["metrics"]
-    what = (f"a profile made by `lmreport run nsys` ({m.get('profiler') or 'Nsight Systems'})"
-            if m.get("source") == "profiled" else
-            f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
-            if old["status"] == "ok" else "an out-of-memory record")
-    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it")
+def _source_sha256(record: dict) -> str | None:
+    """The SHA-256 of the trace an ingested record was made from (None for a profiled one)."""
+    source = record["metrics"].get("source_file")
+    return source.get("sha256") if isinstance(source, dict) else None
 
 
 def keep_trace(path: Path, folder: Path) -> Path:
     """The trace beside its record, gzipped: a plain `x.json` becomes `x.json.gz` (a record folder holds no
-    other .json than records, which the loader would take for records; and traces shrink about tenfold)."""
+    other .json than records, which the loader would take for records; and traces shrink about tenfold).
+    The name goes by the suffix, the compression by the content: a gzipped `x.json` is copied to `x.json.gz`."""
     folder.mkdir(parents=True, exist_ok=True)
     gzipped = is_gzip(path)
-    target = folder / (path.name if gzipped or path.name.endswith(".gz") else path.name + ".gz")
+    target = folder / (path.name if path.name.endswith(".gz") else path.name + ".gz")
     if target.exists() and target.samefile(path):
         return target  # re-ingesting the record's own artifact
     tmp = target.with_name(f".{target.name}.tmp")
@@ -157,17 +142,20 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         raise UserError(f"unknown size {args.size!r} for the {plan.edition.year} edition: choose one of {', '.join(sizes)}")
     if args.ctx <= 0 or (args.steps is not None and args.steps <= 0) or (args.batch is not None and args.batch <= 0):
         raise UserError("--ctx, --steps and --batch must be positive")
-    metrics = summarise_trace(path, steps=args.steps)
-    if not metrics["kernels"]:
-        raise InputFileError(path, "holds no kernels and no CPU operators, so there is nothing to ingest (was the "
-                                   "profiler's schedule ever active, and were its activities CPU and CUDA?)")
-    metrics["source"] = "ingested"
-    metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    header = trace_header(path)  # at most its first MiB: a missing file, an empty one or a bare array fail here
     batch = args.batch or plan.edition.batch_size
     c = cell(plan, RECORD_SECTION, cell_name(args.size, args.ctx, args.mode, args.dtype), size=args.size, ctx=args.ctx,
              mode=args.mode, dtype=args.dtype, batch=batch, source="ingested")
     record_file = store.record_path(args.runs_dir, plan.run, RECORD_SECTION, c.name)
-    _refuse_overwrite(record_file, metrics["source_file"]["sha256"], getattr(args, "replace", False))
+    # before parsing (traces run to hundreds of MB): a chunked read, which the record keeps
+    sha256 = file_sha256(path)
+    refuse_overwrite(record_file, getattr(args, "replace", False), lambda old: _source_sha256(old) == sha256)
+    metrics = summarise_trace(path, steps=args.steps, header=header)
+    if not metrics["kernels"]:
+        raise InputFileError(path, "holds no kernels and no CPU operators, so there is nothing to ingest (was the "
+                                   "profiler's schedule ever active, and were its activities CPU and CUDA?)")
+    metrics["source"] = "ingested"
+    metrics["source_file"] = {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256}
     target = keep_trace(path, store.artifacts_dir(record_file))
     cuda = metrics["activity"] == "cuda"
     named = next((d.get("name") for d in metrics.get("trace_devices") or [] if d.get("name")), None)

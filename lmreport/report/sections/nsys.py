@@ -22,7 +22,7 @@ from lmreport import accounting as acc
 from lmreport.experiments.bench import cell_name as bench_cell_name
 from lmreport.ingest.nsys_summary import class_ns
 from lmreport.kernels import CLASSES
-from lmreport.presets import model_table
+from lmreport.presets import PROFILER_VARIABLE, model_table
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.sections import Section
@@ -321,7 +321,7 @@ def _cells_table(view: SectionView, records: list[dict]) -> list[dict]:
                      "steps": steps_of(r) if ok else None,
                      "kernel_ms": step["per_pass_ms"] if step else None,
                      "warmup": bool(step and step["includes_warmup"]),
-                     "profiler": profiler_label(r) if ok else None, "cpu": ok and cpu_only(r),
+                     "profiler": profiler_label(r) if ok else None,
                      "what": ("CPU operators" if cpu_only(r) else "GPU kernels") if ok else None,
                      "reports": m.get("reports", [])})
     return rows
@@ -388,8 +388,7 @@ def _plot(view: SectionView, rows: list[dict], word: str = "GPU kernel") -> str 
 
 
 def build(view: SectionView) -> dict:
-    from lmreport.experiments.nsys import (HANDOUT_SWEEPS, MODES, PROFILER_VARIABLE, WANTED_REPORTS, profile_command,
-                                           stats_command, sweep)
+    from lmreport.experiments.nsys import HANDOUT_SWEEPS, MODES, WANTED_REPORTS, profile_command, stats_command, sweep
     from lmreport.runner import Plan
 
     ed, prof = view.edition, view.profile
@@ -491,6 +490,7 @@ def build(view: SectionView) -> dict:
                   "handout_sizes": (handout.sizes or tuple(ed.study_models)) if handout else None,
                   "handout_contexts": handout.contexts if handout else None},
         "commands": {
+            "run": view.run_command(),
             "run_gpu": view.run_command(prof=view.gpu_profile),
             "profile": " ".join(profile_command("nsys", "CELL_DIR/profile", [
                 "python", "-m", "lmreport.experiments.nsys_worker", "CELL_CONFIG_JSON", "RESULT_JSON"])),
@@ -504,8 +504,7 @@ def build(view: SectionView) -> dict:
             "render_gpu": f"lmreport render{view.plan_flags(view.gpu_profile)}",
         },
         "cells": _cells_table(view, records),
-        "word": word, "all_cpu": bool(ok) and all(cpu_only(r) for r in ok), "any_cpu": any(cpu_only(r) for r in ok),
-        "any_torch": any(is_torch(r) for r in ok), "any_nsys": any(not is_torch(r) for r in ok),
+        "word": word, "all_cpu": bool(ok) and all(cpu_only(r) for r in ok), "any_torch": any(is_torch(r) for r in ok),
         "profiler_variable": PROFILER_VARIABLE,
         "busy_rows": busy_rows,
         "busy_most": max(gpu_busy, key=lambda b: b["idle_share"]) if gpu_busy else None,
