@@ -2,8 +2,9 @@
 
 A cell's time is its work plus what launching it costs:
 
-- work: the `duration_s` of an earlier record of the same cell where one exists (same run, any
-  status: an OOM takes about as long again); otherwise a cost model: the FLOPs the cell executes
+- work: the `duration_s` of an earlier record of the same cell where one exists (same run, ok,
+  oom or error: an OOM takes about as long again; not `skipped`, which ran nothing: a CPU
+  machine's record of a CUDA cell says nothing of a GPU's time); otherwise a cost model: the FLOPs the cell executes
   (accounting.py's formulas times its step count) at the device's rate, plus a fixed in-cell cost
   (model build, data, writing the record) and the known fixed parts of some cells (a matmul
   cell's minimum measuring time, a torch.compile, an nsys profile and its exports); an attention
@@ -219,7 +220,7 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
         out = []
         for c in cells:
             r = by_cell.get((c.section, c.name))
-            if r is not None and r.get("duration_s"):
+            if r is not None and r.get("status") != "skipped" and r.get("duration_s"):
                 out.append(CellEstimate(c.section, c.name, float(r["duration_s"]), "record", _cell_uses_cuda(c),
                                         c.fresh_process))
             else:

@@ -78,6 +78,18 @@ def test_estimate_from_a_record_and_from_the_cost_model():
     assert any("matmul-cpu-fp32 record" in n and "MFU from this run's step records" in n for n in est.notes)
 
 
+
+def test_a_skipped_record_is_no_estimate_of_a_cells_time():
+    """A CPU machine records a CUDA cell `skipped` in a millisecond: its time on a GPU comes from the cost model."""
+    step = next(c for c in bench.cells(HANDOUT) if c.config.get("device") == "cuda" and c.config.get("experiment") == "step")
+    skipped = store.make_record("bench", step.name, step.config, {}, "skipped", duration_s=0.001)
+    (ce,) = eta.estimate({"bench": [step]}, [skipped], "inline").cells["bench"]
+    assert ce.source == "model" and ce.work_s > eta.PER_CELL_S
+    for status in ("ok", "oom", "error"):  # real attempts: their time is the estimate
+        earlier = store.make_record("bench", step.name, step.config, {}, status, duration_s=7.0)
+        (ce,) = eta.estimate({"bench": [step]}, [earlier], "inline").cells["bench"]
+        assert (ce.work_s, ce.source) == (7.0, "record")
+
 def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkeypatch):
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
     from lmreport.experiments import memory
