@@ -7,7 +7,9 @@ A cell's time is its work plus what launching it costs:
   machine's record of a CUDA cell says nothing of a GPU's time); otherwise a cost model: the FLOPs the cell executes
   (accounting.py's formulas times its step count) at the device's rate, plus a fixed in-cell cost
   (model build, data, writing the record) and the known fixed parts of some cells (a matmul
-  cell's minimum measuring time, a torch.compile, an nsys profile and its exports); an attention
+  cell's minimum measuring time, a torch.compile, an Nsight Systems profile and its exports, for a
+  profiling cell whose profiler is nsys where it runs: `--profiler auto` is taken to choose as it
+  would here, by whether `nsys` is on PATH, and the notes say which was assumed); an attention
   cell takes what a record of the same shape as another variant took;
 - the rate: the device's peak times an MFU. The peak is this run's matmul cell where the bench
   section has measured one (the rate the bench chapter's MFU is relative to on a CPU), else the
@@ -23,7 +25,9 @@ Every assumption is printed with the estimate (`Estimate.notes`). Reads records,
 
 from __future__ import annotations
 
+import shutil
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
 from lmreport.presets import model_of
@@ -49,7 +53,7 @@ PROCESS_START_S = 5.6
 CUDA_SETUP_S = 5.0
 PER_CELL_S = 0.5  # in-cell work outside the FLOP model: model build, batch, record (small on a GPU)
 COMPILE_S = 40.0  # torch.compile of the whole model, per compiled cell (assumed)
-NSYS_S = 40.0  # `nsys profile` start-up and the `nsys stats` exports, per nsys cell (assumed)
+NSYS_S = 40.0  # `nsys profile` start-up and the `nsys stats` exports, per cell profiled by nsys (assumed)
 MEMORY_SNAPSHOT_S = 10.0  # a measured memory cell: dump, replay, viewer (H200 records: 14-20 s in all)
 MEASURED_MEMORY_STEPS = 3  # experiments/memory.py: WARMUP_STEPS (2) + the recorded step
 
@@ -173,8 +177,23 @@ def attention_pass_flops(batch: int, seq_len: int, d: int) -> int:
     return 3 * forward
 
 
-def cell_work_model(c, rates: Rates) -> float:
-    """Seconds of one cell by the cost model (FLOPs at the rate, plus fixed costs)."""
+def profiler_of(c, nsys_on_path: bool) -> str | None:
+    """The profiler a profiling (nsys section) cell runs where it runs: "nsys" or "torch"
+    (experiments/nsys.choose_profiler, given whether `nsys` is on PATH there); None for other cells."""
+    from lmreport.experiments import nsys  # imports no torch
+    if c.section != nsys.SECTION:
+        return None
+    # The defaults are run_cell's: records of older versions name no profiler and ran nsys on a GPU.
+    return nsys.choose_profiler(c.config.get("profiler", "nsys"), c.config.get("device", "cuda"), nsys_on_path)
+
+
+def nsys_on_path_here() -> bool:
+    return shutil.which("nsys") is not None
+
+
+def cell_work_model(c, rates: Rates, nsys_on_path: bool | None = None) -> float:
+    """Seconds of one cell by the cost model (FLOPs at the rate, plus fixed costs). nsys_on_path: whether
+    the machine that runs it has `nsys` (None: as this one), which `--profiler auto` chooses by."""
     k = c.config
     device = k.get("device") or ("cuda" if c.requires in ("cuda", "nsys") else "cpu")
     precision = k.get("dtype") or "fp32"
@@ -192,7 +211,10 @@ def cell_work_model(c, rates: Rates) -> float:
             seconds += MEMORY_SNAPSHOT_S
         seconds += steps * flops / (rates.tflops(device, precision, k["size"], k["mode"]) * 1e12)
         seconds += COMPILE_S if k.get("compiled") else 0.0
-        seconds += NSYS_S if c.requires == "nsys" else 0.0
+        if nsys_on_path is None:
+            nsys_on_path = nsys_on_path_here()
+        # On a CPU an nsys cell is skipped (Nsight Systems profiles GPU kernels): no profile to pay for.
+        seconds += NSYS_S if device == "cuda" and profiler_of(c, nsys_on_path) == "nsys" else 0.0
         return seconds
     if {"seq_len", "d", "batch"} <= k.keys() and k.get("source") == "measured":
         twin = rates.other_variant_s(c)
@@ -216,6 +238,8 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     by_cell = {(r["section"], r["cell"]): r for r in records}
     est = Estimate()
     cuda_set_up = False
+    nsys_here = nsys_on_path_here()
+    modelled = []  # the cells the cost model estimates
     for section, cells in todo.items():
         out = []
         for c in cells:
@@ -224,7 +248,8 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
                 out.append(CellEstimate(c.section, c.name, float(r["duration_s"]), "record", _cell_uses_cuda(c),
                                         c.fresh_process))
             else:
-                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates), "model", _cell_uses_cuda(c),
+                modelled.append(c)
+                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates, nsys_here), "model", _cell_uses_cuda(c),
                                         c.fresh_process))
         est.cells[section] = out
         est.processes[section], est.launch_s[section] = launch_cost(out, launcher)
@@ -238,6 +263,9 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
             est.launch_s[section] /= workers
         est.notes.append(f"local-gpus: {workers} workers in parallel, times divided by {workers}")
     est.notes += list(rates.used.values())
+    profiler_note = _profiler_note(modelled, nsys_here)
+    if profiler_note:
+        est.notes.append(profiler_note)
     if any(ce.source == "model" for cells in est.cells.values() for ce in cells):
         est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
                          f"{NSYS_S:g} s per cell (assumed)")
@@ -245,6 +273,22 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
                      f"CUDA set-up in its first CUDA cell (H200 records){slurm}")
     return est
+
+
+def _profiler_note(cells: list, nsys_on_path: bool) -> str | None:
+    """Which profiler the cost model took for the profiling cells, and why (`--profiler auto` is decided
+    where a cell runs: a dry run on a machine without nsys, for a GPU profile, may guess wrong)."""
+    chosen = [(c, profiler_of(c, nsys_on_path)) for c in cells]
+    counts = Counter(p for _, p in chosen if p)
+    if not counts:
+        return None
+    names = {"nsys": "Nsight Systems", "torch": "torch.profiler"}
+    text = "profiling cells: " + ", ".join(f"{n} by {names.get(p, p)}" for p, n in sorted(counts.items()))
+    if any(p and c.config.get("profiler") == "auto" and c.config.get("device", "cuda") == "cuda" for c, p in chosen):
+        text += (f" (assumed for --profiler auto: `nsys` is on PATH here; {NSYS_S:g} s more per cell)" if nsys_on_path
+                 else f" (assumed for --profiler auto: `nsys` is not on PATH here; a GPU machine with it runs Nsight "
+                      f"Systems, {NSYS_S:g} s more per cell)")
+    return text
 
 
 def launch_cost(cells: list[CellEstimate], launcher: str) -> tuple[int, float]:

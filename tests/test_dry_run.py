@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lmreport import eta, runner, store
@@ -89,6 +91,32 @@ def test_a_skipped_record_is_no_estimate_of_a_cells_time():
         earlier = store.make_record("bench", step.name, step.config, {}, status, duration_s=7.0)
         (ce,) = eta.estimate({"bench": [step]}, [earlier], "inline").cells["bench"]
         assert (ce.work_s, ce.source) == (7.0, "record")
+
+
+@pytest.mark.parametrize("requested", ["auto", "nsys", "torch"])
+@pytest.mark.parametrize("nsys_here", [True, False])
+def test_nsys_time_counts_for_the_profiling_cells_nsys_would_profile(monkeypatch, requested, nsys_here):
+    """--profiler auto runs Nsight Systems on a GPU where `nsys` is on PATH: a dry run assumes it as it would choose
+    here, and says so; nsys asked for is always nsys, torch never; a CPU profile's cells run torch.profiler."""
+    from lmreport.experiments import nsys
+    monkeypatch.setenv("LMREPORT_PROFILER", requested)
+    monkeypatch.setattr(eta, "nsys_on_path_here", lambda: nsys_here)
+    rates = eta.Rates([])
+    (c, *_) = nsys.cells(HANDOUT)
+    uses_nsys = requested == "nsys" or (requested == "auto" and nsys_here)
+    extra = eta.cell_work_model(c, rates, nsys_here) - eta.cell_work_model(replace(c, section="bench"), rates, nsys_here)
+    assert extra == pytest.approx(eta.NSYS_S if uses_nsys else 0.0)
+    assert eta.profiler_of(c, nsys_here) == ("nsys" if uses_nsys else "torch")
+    notes = [n for n in eta.estimate({"nsys": [c]}, [], "worker").notes if n.startswith("profiling cells: ")]
+    assert notes == [f"profiling cells: 1 by {'Nsight Systems' if uses_nsys else 'torch.profiler'}" + (
+        "" if requested != "auto" else f" (assumed for --profiler auto: `nsys` is on PATH here; {eta.NSYS_S:g} s more "
+        "per cell)" if nsys_here else " (assumed for --profiler auto: `nsys` is not on PATH here; a GPU machine with it "
+        f"runs Nsight Systems, {eta.NSYS_S:g} s more per cell)")]
+    (cpu_cell, *_) = nsys.cells(PLAN)
+    assert eta.profiler_of(cpu_cell, nsys_here) == ("nsys" if requested == "nsys" else "torch")
+    # ... and never pay for an nsys profile: Nsight Systems on a CPU cell is skipped.
+    assert eta.cell_work_model(cpu_cell, rates, nsys_here) == eta.cell_work_model(replace(cpu_cell, section="bench"),
+                                                                                   rates, nsys_here)
 
 def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkeypatch):
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
