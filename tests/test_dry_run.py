@@ -118,6 +118,51 @@ def test_nsys_time_counts_for_the_profiling_cells_nsys_would_profile(monkeypatch
     assert eta.cell_work_model(cpu_cell, rates, nsys_here) == eta.cell_work_model(replace(cpu_cell, section="bench"),
                                                                                    rates, nsys_here)
 
+
+def _step(plan, name):
+    return next(c for c in bench.cells(plan) if c.name == name)
+
+
+def test_a_record_first_in_its_process_pays_the_cuda_set_up_once():
+    """duration_s of a process's first CUDA cell holds the CUDA set-up, which launch_cost adds per process: the
+    record's work is counted without it (not below PER_CELL_S). Synthetic records of each way to say so."""
+    gpu, cpu = _step(HANDOUT, "small-ctx512-forward-fp32"), _step(PLAN, "mini-ctx128-train-fp32")
+    fresh = next(c for c in bench.cells(HANDOUT) if c.fresh_process and c.config.get("device") == "cuda")
+
+    def work(c, duration_s, launcher="inline", **metrics):
+        r = store.make_record("bench", c.name, c.config, {}, "ok", metrics=metrics, duration_s=duration_s,
+                              launcher=launcher)
+        (ce,) = eta.estimate({"bench": [c]}, [r], launcher).cells["bench"]
+        assert ce.source == "record"
+        return ce.work_s
+
+    assert work(gpu, 5.77, first_cell_in_process=True) == pytest.approx(5.77 - eta.CUDA_SETUP_S)
+    assert work(gpu, 5.77, first_cell_in_process=False) == 5.77
+    assert work(gpu, 1.0, first_cell_in_process=True) == eta.PER_CELL_S  # never below the in-cell cost
+    assert work(cpu, 5.77, first_cell_in_process=True) == 5.77  # a CPU cell sets up no CUDA
+    for launcher in ("subprocess", "local-gpus", "slurm"):  # a process per cell: every record was its first
+        assert work(gpu, 5.77, launcher) == pytest.approx(5.77 - eta.CUDA_SETUP_S)
+    assert work(fresh, 5.77, "worker") == pytest.approx(5.77 - eta.CUDA_SETUP_S)  # a process of its own
+    assert work(gpu, 5.77, "worker") == 5.77  # one of the worker's cells, maybe not its first
+
+
+def test_h200_records_count_the_cuda_set_up_once(samples_dir):
+    """The real H200 run: small-ctx512-forward-fp32 (5.77 s, first in its process) estimated like its bf16 twin
+    (0.55 s) plus what launching it costs, not plus that set-up twice."""
+    runs = samples_dir / "h200" / "runs"
+    if not (runs / HANDOUT.run).is_dir():
+        pytest.skip("../shared/samples/h200 is not beside this checkout")
+    records = store.select(store.load_records(runs / HANDOUT.run), HANDOUT.edition.year, HANDOUT.profile.name)
+    first, twin = _step(HANDOUT, "small-ctx512-forward-fp32"), _step(HANDOUT, "small-ctx512-forward-bf16")
+    by_name = {r["cell"]: r for r in records if r["section"] == "bench"}
+    assert by_name[first.name]["metrics"]["first_cell_in_process"] and not by_name[twin.name]["metrics"]["first_cell_in_process"]
+    est = eta.estimate({"bench": [first, twin]}, records, "subprocess")
+    ce_first, ce_twin = est.cells["bench"]
+    assert ce_first.work_s == pytest.approx(by_name[first.name]["duration_s"] - eta.CUDA_SETUP_S)
+    assert ce_twin.work_s == by_name[twin.name]["duration_s"]
+    assert abs(ce_first.work_s - ce_twin.work_s) < 0.5  # the set-up was most of the difference
+    assert est.launch_s["bench"] == pytest.approx(2 * (eta.PROCESS_START_S + eta.CUDA_SETUP_S))
+
 def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkeypatch):
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
     from lmreport.experiments import memory
