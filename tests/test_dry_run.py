@@ -58,6 +58,23 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     assert row[1:6] == [str(len(cells) - 1), "1", "1", str(len(cells) - 2), str(1 + fresh)]
 
 
+
+def test_a_dry_run_of_a_users_model_runs_nothing_of_it(tmp_path, capsys, monkeypatch):
+    """--model with --dry-run: the model is not built or test-run (user_model.check), and the plan names the run
+    folder a real run of it writes."""
+    from lmreport import user_model
+    target = "tests.fixtures.my_model:TransformerLM"
+
+    def no_check(spec):
+        raise AssertionError("a dry run checked the model")
+    monkeypatch.setattr(user_model, "check", no_check)
+    runs = tmp_path / "runs"
+    assert main(["run", "bench", "--profile", "cpu", "--runs-dir", str(runs), "--dry-run", "--model", target]) == 0
+    out = capsys.readouterr().out
+    run = runner.Plan(PLAN.profile, PLAN.edition, user_model.load_spec(target)).run
+    assert run.endswith("--" + user_model.load_spec(target).slug)
+    assert out.splitlines()[0].endswith(f"records in {runs / run}") and not runs.exists()
+
 def test_estimate_from_a_record_and_from_the_cost_model():
     step = next(c for c in bench.cells(PLAN) if c.name == "mini-ctx128-train-fp32")
     earlier = store.make_record("bench", step.name, step.config, {}, "oom", duration_s=42.0)
