@@ -32,6 +32,7 @@ import shutil
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from lmreport.presets import model_of
 
@@ -76,16 +77,42 @@ class Estimate:
     """Per section: the cells to run and their estimates; launch overhead per section; notes."""
 
     cells: dict[str, list[CellEstimate]] = field(default_factory=dict)
-    launch_s: dict[str, float] = field(default_factory=dict)
+    launch_s: dict[str, float] = field(default_factory=dict)  # wall time: divided by `parallel`
     processes: dict[str, int] = field(default_factory=dict)  # fresh processes each section starts
     notes: list[str] = field(default_factory=list)
+    launcher: str = "inline"
+    workers: int = 1
+
+    @property
+    def parallel(self) -> int:
+        """Cells that run at once: local-gpus spreads them over its GPUs, the others run one after another."""
+        return self.workers if self.launcher == "local-gpus" and self.workers > 1 else 1
 
     def section_s(self, name: str) -> float:
-        return sum(c.work_s for c in self.cells.get(name, [])) + self.launch_s.get(name, 0.0)
+        return sum(c.work_s for c in self.cells.get(name, [])) / self.parallel + self.launch_s.get(name, 0.0)
 
     @property
     def total_s(self) -> float:
         return sum(self.section_s(n) for n in self.cells)
+
+    def only(self, keep: Callable[[CellEstimate], bool]) -> Estimate:
+        """The estimate of the cells `keep` takes, launched the same way (their processes counted
+        again), from these cells' estimates: e.g. what this machine runs of them. The notes are these."""
+        return _launched({s: [ce for ce in cells if keep(ce)] for s, cells in self.cells.items()},
+                         self.launcher, self.workers, self.notes)
+
+
+def _launched(cells: dict[str, list[CellEstimate]], launcher: str, workers: int, notes: list[str]) -> Estimate:
+    """The estimate of cells whose work is estimated, with what launching them costs."""
+    est = Estimate(cells, launcher=launcher, workers=workers, notes=list(notes))
+    cuda_set_up = False
+    for section, out in cells.items():
+        est.processes[section], launch_s = launch_cost(out, launcher)
+        if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
+            launch_s += CUDA_SETUP_S  # this process's first CUDA cell
+            cuda_set_up = True
+        est.launch_s[section] = launch_s / est.parallel  # cells spread over the GPUs: the wall time divides
+    return est
 
 
 class Rates:
@@ -263,12 +290,11 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     """The estimate for {section: cells to run}, launched by `launcher` ("inline", "worker", ...)."""
     rates = Rates(records, gpu_name, mfu)
     by_cell = {(r["section"], r["cell"]): r for r in records}
-    est = Estimate()
-    cuda_set_up = False
     nsys_here = nsys_on_path_here()
     modelled = []  # the cells the cost model estimates
+    work: dict[str, list[CellEstimate]] = {}
     for section, cells in todo.items():
-        out = []
+        out = work[section] = []
         for c in cells:
             r = by_cell.get((c.section, c.name))
             if r is not None and r.get("status") != "skipped" and r.get("duration_s"):
@@ -276,18 +302,10 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
                                         c.fresh_process))
             else:
                 modelled.append(c)
-                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates, nsys_here), "model", _cell_uses_cuda(c),
-                                        c.fresh_process))
-        est.cells[section] = out
-        est.processes[section], est.launch_s[section] = launch_cost(out, launcher)
-        if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
-            est.launch_s[section] += CUDA_SETUP_S  # this process's first CUDA cell
-            cuda_set_up = True
-    if launcher == "local-gpus" and workers > 1:
-        for section in est.cells:  # cells spread over the GPUs: the section's wall time divides
-            for ce in est.cells[section]:
-                ce.work_s /= workers
-            est.launch_s[section] /= workers
+                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates, nsys_here), "model",
+                                        _cell_uses_cuda(c), c.fresh_process))
+    est = _launched(work, launcher, workers, [])
+    if est.parallel > 1:
         est.notes.append(f"local-gpus: {workers} workers in parallel, times divided by {workers}")
     est.notes += list(rates.used.values())
     profiler_note = _profiler_note(modelled, nsys_here)

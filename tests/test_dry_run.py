@@ -75,6 +75,41 @@ def test_a_dry_run_of_a_users_model_runs_nothing_of_it(tmp_path, capsys, monkeyp
     assert run.endswith("--" + user_model.load_spec(target).slug)
     assert out.splitlines()[0].endswith(f"records in {runs / run}") and not runs.exists()
 
+
+def test_a_dry_run_reads_each_record_once_and_estimates_once(tmp_path, capsys, monkeypatch):
+    from lmreport.experiments import memory
+    runs = tmp_path / "runs"
+    cells = memory.cells(PLAN)
+    cuda = next(c for c in cells if c.requires == "cuda")  # this machine would record it skipped
+    for c, status in ((cells[0], "ok"), (cells[1], "error"), (cuda, "skipped")):
+        store.write_record(store.record_path(runs, PLAN.run, "memory", c.name),
+                           store.make_record("memory", c.name, c.config, {}, status, duration_s=2.0))
+    reads, estimates = [], []
+    read_record, estimate = store.read_record, eta.estimate
+    monkeypatch.setattr(store, "read_record", lambda path: reads.append(path) or read_record(path))
+    monkeypatch.setattr(eta, "estimate", lambda *a, **k: estimates.append(a) or estimate(*a, **k))
+    monkeypatch.setattr(runner, "missing_requirement", lambda requires: "needs a CUDA GPU" if requires == "cuda" else None)
+    assert main(["run", "memory", "--profile", "cpu", "--runs-dir", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(reads) == sorted((runs / PLAN.run / "memory").glob("*.json")) and len(reads) == 3
+    assert len(estimates) == 1 and "ETA on this machine, which records them as skipped: " in out
+
+
+@pytest.mark.parametrize("launcher,workers", [("inline", 1), ("worker", 1), ("subprocess", 1), ("local-gpus", 3)])
+def test_the_estimate_of_some_cells_is_the_estimate_of_those_cells(launcher, workers):
+    """Estimate.only (what this machine runs of a plan) gives what estimating those cells alone gives."""
+    from lmreport.experiments import memory
+    todo = {"bench": bench.cells(HANDOUT)[:40], "memory": memory.cells(HANDOUT)}
+    full = eta.estimate(todo, [], launcher, workers=workers)
+
+    def keep(ce):
+        return not ce.cuda or ce.cell.endswith("bf16")
+    alone = eta.estimate({s: [c for c, ce in zip(cells, full.cells[s]) if keep(ce)] for s, cells in todo.items()},
+                         [], launcher, workers=workers)
+    part = full.only(keep)
+    assert part.total_s == pytest.approx(alone.total_s) and part.processes == alone.processes
+    assert part.launch_s == pytest.approx(alone.launch_s) and 0 < part.total_s < full.total_s
+
 def test_estimate_from_a_record_and_from_the_cost_model():
     step = next(c for c in bench.cells(PLAN) if c.name == "mini-ctx128-train-fp32")
     earlier = store.make_record("bench", step.name, step.config, {}, "oom", duration_s=42.0)
