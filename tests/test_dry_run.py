@@ -22,7 +22,11 @@ def tree(folder):
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     ran = []
-    monkeypatch.setattr(runner, "execute_cell", lambda *a, **k: ran.append(a))
+    # The inline launcher imports execute_cell by name: patched there too (its first import here would
+    # otherwise keep the patched one for every later test).
+    from lmreport.launchers import inline
+    for module in (runner, inline):
+        monkeypatch.setattr(module, "execute_cell", lambda *a, **k: ran.append(a))
     assert main(["run", "all", "--profile", "cpu", "--runs-dir", str(runs), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert not runs.exists() and not ran
