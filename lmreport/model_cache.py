@@ -28,7 +28,6 @@ from typing import Callable, Hashable
 _enabled = False
 _kept: tuple[Hashable, object, bool] | None = None  # (key, module, training flag when built)
 builds = 0  # models built through model_for in this process (the worker reports it; tests count it)
-reuses = 0  # models handed out again
 
 
 def enable(on: bool = True) -> None:
@@ -37,10 +36,6 @@ def enable(on: bool = True) -> None:
     _enabled = on
     if not on:
         clear()
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def clear() -> None:
@@ -62,7 +57,7 @@ def _shapes_only(device: str) -> bool:
 
 def model_for(model_key: Hashable, build: Callable[[], object], take: bool = False, device: str = "cpu"):
     """The kept module for model_key (reset), or a new one from build(); `take` leaves none kept."""
-    global _kept, builds, reuses
+    global _kept, builds
     if _kept is not None and (_kept[0] != model_key or not _enabled):
         _kept = None  # one model at a time: the old one is freed before the next is built
     if _kept is not None:
@@ -71,7 +66,6 @@ def model_for(model_key: Hashable, build: Callable[[], object], take: bool = Fal
             _kept = None
         model.zero_grad(set_to_none=True)
         model.train(training)
-        reuses += 1
         return model
     model = build()
     builds += 1
