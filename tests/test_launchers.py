@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 
 import pytest
 
@@ -125,6 +126,30 @@ def test_model_cache_keeps_one_model_and_resets_it(monkeypatch):
     finally:
         model_cache.enable(False)
 
+
+
+def test_a_launcher_must_implement_run_or_run_many():
+    """Each defaults to the other: a subclass with neither would recurse forever, so it is refused when defined."""
+    with pytest.raises(TypeError, match="Neither implements neither run nor run_many"):
+        class Neither(launchers.Launcher):
+            name = "neither"
+
+    class One(launchers.Launcher):
+        def run(self, c, record_file):
+            return {"status": "ok", "cell": c}
+
+    class Many(launchers.Launcher):
+        def run_many(self, todo, finished):
+            for c, _ in todo:
+                finished(c, {"status": "ok", "cell": c})
+            return Counter()
+
+    class Subclass(One):  # inherits run
+        pass
+    assert Subclass().run("c", "r.json") == {"status": "ok", "cell": "c"}
+    got = []
+    One().run_many([("a", "a.json"), ("b", "b.json")], lambda c, r: got.append(r["cell"]))
+    assert got == ["a", "b"] and Many().run("c", "c.json") == {"status": "ok", "cell": "c"}
 
 # Loaded by each child interpreter at start-up: a fake section whose cells say what to do.
 FAKE_SECTION = textwrap.dedent("""
