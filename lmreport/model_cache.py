@@ -16,7 +16,8 @@ the key. The rules that keep a reused model as good as a fresh one:
   an earlier cell trained or a module a compiled wrapper's guards have seen;
 - before a kept model is handed out again its gradients are set to None and its training flag is
   the one it was built with;
-- nothing is kept under a fake-tensor mode or on `meta` (shapes only, nothing to save), nor while
+- nothing is kept under a fake-tensor mode or on `meta` (shapes only, nothing to save), and no kept
+  model (real weights) is handed out there either; nothing is kept while
   the cache is disabled, which is the default: the inline and subprocess launchers build every
   cell's model as before.
 """
@@ -60,7 +61,8 @@ def model_for(model_key: Hashable, build: Callable[[], object], take: bool = Fal
     global _kept, builds
     if _kept is not None and (_kept[0] != model_key or not _enabled):
         _kept = None  # one model at a time: the old one is freed before the next is built
-    if _kept is not None:
+    shapes_only = _shapes_only(device)
+    if _kept is not None and not shapes_only:  # never real weights to a fake-tensor mode (its key can be "cpu")
         _, model, training = _kept
         if take:
             _kept = None
@@ -69,6 +71,6 @@ def model_for(model_key: Hashable, build: Callable[[], object], take: bool = Fal
         return model
     model = build()
     builds += 1
-    if _enabled and not take and not _shapes_only(device):
+    if _enabled and not take and not shapes_only:
         _kept = (model_key, model, model.training)
     return model

@@ -128,6 +128,23 @@ def test_model_cache_keeps_one_model_and_resets_it(monkeypatch):
 
 
 
+def test_model_cache_hands_no_kept_model_to_a_fake_tensor_mode(monkeypatch):
+    """Under fake tensors the key may name "cpu" like a real model's: the kept one (real weights) is not handed
+    out there, nor replaced by the fake build; a real request afterwards still gets it."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(model_cache, "_kept", None)
+    model_cache.enable()
+    try:
+        key = model_cache.key(torch.nn.Linear, (2, 2), "cpu")
+        real = model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu")
+        with FakeTensorMode():
+            fake = model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu")
+        assert fake is not real and model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu") is real
+    finally:
+        model_cache.enable(False)
+
+
 def test_a_launcher_must_implement_run_or_run_many():
     """Each defaults to the other: a subclass with neither would recurse forever, so it is refused when defined."""
     with pytest.raises(TypeError, match="Neither implements neither run nor run_many"):
