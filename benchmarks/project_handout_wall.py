@@ -86,11 +86,11 @@ def project(plan, records: list[dict], process_s: float, setup_s: float, rates) 
                 first = r["metrics"].get("first_cell_in_process") or c.fresh_process
                 work += r["duration_s"] - (setup_s if first and cuda else 0.0)  # the set-up is counted per process below
             else:
-                w = eta.cell_work_model(c, rates)
+                w = eta.cell_work_model(c, rates, nsys_on_path=False)  # torch.profiler for --profiler auto (README)
                 if c.config.get("compiled"):
                     compile_s += eta.COMPILE_S
                     w -= eta.COMPILE_S
-                if c.requires == "nsys":
+                if c.config.get("device") == "cuda" and eta.profiler_of(c, nsys_on_path=False) == "nsys":
                     nsys_s += eta.NSYS_S
                     w -= eta.NSYS_S
                 work += w
@@ -151,7 +151,7 @@ def main() -> int:
     print(f"  - torch.compile {eta.COMPILE_S:g} s per compiled cell and nsys {eta.NSYS_S:g} s per nsys cell: assumed")
     # How far the cost model is from the records where both exist (eager bench steps: the model's bulk).
     from lmreport.experiments import bench
-    pairs = [(eta.cell_work_model(c, rates), r["duration_s"]) for c in bench.cells(plan)
+    pairs = [(eta.cell_work_model(c, rates, nsys_on_path=False), r["duration_s"]) for c in bench.cells(plan)
              for r in [next((r for r in records if r["section"] == "bench" and r["cell"] == c.name), None)]
              if r is not None and c.config.get("experiment") == "step" and not r["metrics"].get("first_cell_in_process")]
     if pairs:

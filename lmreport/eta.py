@@ -2,11 +2,15 @@
 
 A cell's time is its work plus what launching it costs:
 
-- work: the `duration_s` of an earlier record of the same cell where one exists (same run, any
-  status: an OOM takes about as long again); otherwise a cost model: the FLOPs the cell executes
-  (accounting.py's formulas times its step count) at the device's rate, plus a fixed in-cell cost
+- work: the `duration_s` of an earlier record of the same cell where one exists (same run, ok,
+  oom or error: an OOM takes about as long again; not `skipped`, which ran nothing: a CPU
+  machine's record of a CUDA cell says nothing of a GPU's time); otherwise a cost model: the
+  FLOPs the cell executes (accounting.py's formulas times its step count) at the device's rate,
+  plus a fixed in-cell cost
   (model build, data, writing the record) and the known fixed parts of some cells (a matmul
-  cell's minimum measuring time, a torch.compile, an nsys profile and its exports); an attention
+  cell's minimum measuring time, a torch.compile, an Nsight Systems profile and its exports, for a
+  profiling cell whose profiler is nsys where it runs: `--profiler auto` is taken to choose as it
+  would here, by whether `nsys` is on PATH, and the notes say which was assumed); an attention
   cell takes what a record of the same shape as another variant took;
 - the rate: the device's peak times an MFU. The peak is this run's matmul cell where the bench
   section has measured one (the rate the bench chapter's MFU is relative to on a CPU), else the
@@ -15,15 +19,20 @@ A cell's time is its work plus what launching it costs:
   mode (else the size, else all sizes: small models reach a smaller MFU), else an assumed one;
 - launching: a fresh process pays its start (Python, `import torch`) and, for a CUDA cell, the
   CUDA set-up (context, cuBLAS, first kernels); inline pays nothing per cell, a worker once per
-  section and once per fresh-process cell, the others once per cell.
+  section and once per fresh-process cell, the others once per cell. A record of a process's
+  first CUDA cell holds that set-up in its `duration_s`; it is taken out of the cell's work there,
+  so that it counts once (record_work_s).
 
 Every assumption is printed with the estimate (`Estimate.notes`). Reads records, writes nothing.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from lmreport.presets import model_of
 
@@ -48,7 +57,7 @@ PROCESS_START_S = 5.6
 CUDA_SETUP_S = 5.0
 PER_CELL_S = 0.5  # in-cell work outside the FLOP model: model build, batch, record (small on a GPU)
 COMPILE_S = 40.0  # torch.compile of the whole model, per compiled cell (assumed)
-NSYS_S = 40.0  # `nsys profile` start-up and the `nsys stats` exports, per nsys cell (assumed)
+NSYS_S = 40.0  # `nsys profile` start-up and the `nsys stats` exports, per cell profiled by nsys (assumed)
 MEMORY_SNAPSHOT_S = 10.0  # a measured memory cell: dump, replay, viewer (H200 records: 14-20 s in all)
 MEASURED_MEMORY_STEPS = 3  # experiments/memory.py: WARMUP_STEPS (2) + the recorded step
 
@@ -68,16 +77,42 @@ class Estimate:
     """Per section: the cells to run and their estimates; launch overhead per section; notes."""
 
     cells: dict[str, list[CellEstimate]] = field(default_factory=dict)
-    launch_s: dict[str, float] = field(default_factory=dict)
+    launch_s: dict[str, float] = field(default_factory=dict)  # wall time: divided by `parallel`
     processes: dict[str, int] = field(default_factory=dict)  # fresh processes each section starts
     notes: list[str] = field(default_factory=list)
+    launcher: str = "inline"
+    workers: int = 1
+
+    @property
+    def parallel(self) -> int:
+        """Cells that run at once: local-gpus spreads them over its GPUs, the others run one after another."""
+        return self.workers if self.launcher == "local-gpus" and self.workers > 1 else 1
 
     def section_s(self, name: str) -> float:
-        return sum(c.work_s for c in self.cells.get(name, [])) + self.launch_s.get(name, 0.0)
+        return sum(c.work_s for c in self.cells.get(name, [])) / self.parallel + self.launch_s.get(name, 0.0)
 
     @property
     def total_s(self) -> float:
         return sum(self.section_s(n) for n in self.cells)
+
+    def only(self, keep: Callable[[CellEstimate], bool]) -> Estimate:
+        """The estimate of the cells `keep` takes, launched the same way (their processes counted
+        again), from these cells' estimates: e.g. what this machine runs of them. The notes are these."""
+        return _launched({s: [ce for ce in cells if keep(ce)] for s, cells in self.cells.items()},
+                         self.launcher, self.workers, self.notes)
+
+
+def _launched(cells: dict[str, list[CellEstimate]], launcher: str, workers: int, notes: list[str]) -> Estimate:
+    """The estimate of cells whose work is estimated, with what launching them costs."""
+    est = Estimate(cells, launcher=launcher, workers=workers, notes=list(notes))
+    cuda_set_up = False
+    for section, out in cells.items():
+        est.processes[section], launch_s = launch_cost(out, launcher)
+        if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
+            launch_s += CUDA_SETUP_S  # this process's first CUDA cell
+            cuda_set_up = True
+        est.launch_s[section] = launch_s / est.parallel  # cells spread over the GPUs: the wall time divides
+    return est
 
 
 class Rates:
@@ -172,8 +207,23 @@ def attention_pass_flops(batch: int, seq_len: int, d: int) -> int:
     return 3 * forward
 
 
-def cell_work_model(c, rates: Rates) -> float:
-    """Seconds of one cell by the cost model (FLOPs at the rate, plus fixed costs)."""
+def profiler_of(c, nsys_on_path: bool) -> str | None:
+    """The profiler a profiling (nsys section) cell runs where it runs: "nsys" or "torch"
+    (experiments/nsys.choose_profiler, given whether `nsys` is on PATH there); None for other cells."""
+    from lmreport.experiments import nsys  # imports no torch
+    if c.section != nsys.SECTION:
+        return None
+    # The defaults are run_cell's: records of older versions name no profiler and ran nsys on a GPU.
+    return nsys.choose_profiler(c.config.get("profiler", "nsys"), c.config.get("device", "cuda"), nsys_on_path)
+
+
+def nsys_on_path_here() -> bool:
+    return shutil.which("nsys") is not None
+
+
+def cell_work_model(c, rates: Rates, nsys_on_path: bool | None = None) -> float:
+    """Seconds of one cell by the cost model (FLOPs at the rate, plus fixed costs). nsys_on_path: whether
+    the machine that runs it has `nsys` (None: as this one), which `--profiler auto` chooses by."""
     k = c.config
     device = k.get("device") or ("cuda" if c.requires in ("cuda", "nsys") else "cpu")
     precision = k.get("dtype") or "fp32"
@@ -191,7 +241,10 @@ def cell_work_model(c, rates: Rates) -> float:
             seconds += MEMORY_SNAPSHOT_S
         seconds += steps * flops / (rates.tflops(device, precision, k["size"], k["mode"]) * 1e12)
         seconds += COMPILE_S if k.get("compiled") else 0.0
-        seconds += NSYS_S if c.requires == "nsys" else 0.0
+        if nsys_on_path is None:
+            nsys_on_path = nsys_on_path_here()
+        # On a CPU an nsys cell is skipped (Nsight Systems profiles GPU kernels): no profile to pay for.
+        seconds += NSYS_S if device == "cuda" and profiler_of(c, nsys_on_path) == "nsys" else 0.0
         return seconds
     if {"seq_len", "d", "batch"} <= k.keys() and k.get("source") == "measured":
         twin = rates.other_variant_s(c)
@@ -208,35 +261,56 @@ def _cell_uses_cuda(c) -> bool:
     return c.requires in ("cuda", "nsys") or c.config.get("device") == "cuda"
 
 
+# Launchers that start a process for every cell: each of their records was the first cell of its process.
+PROCESS_PER_CELL = ("subprocess", "local-gpus", "slurm")
+
+
+def first_in_process(r: dict, c) -> bool:
+    """Whether a record says its cell was the first of its process: a bench step says so itself
+    (metrics.first_cell_in_process); a launcher that starts a process per cell, or the worker for a
+    fresh-process cell, says so by the record's `launcher`."""
+    if (r.get("metrics") or {}).get("first_cell_in_process"):
+        return True
+    return r.get("launcher") in PROCESS_PER_CELL or (r.get("launcher") == "worker" and c.fresh_process)
+
+
+def record_work_s(r: dict, c) -> float:
+    """A cell's work from its earlier record: duration_s, less the CUDA set-up it paid when it was the
+    first CUDA cell of its process (launch_cost adds that set-up once per process; counting it here too
+    would pay it twice). H200 records: small-ctx512-forward-fp32, first in its process, 5.77 s against
+    0.55 s for its bf16 twin."""
+    work_s = float(r["duration_s"])
+    if _cell_uses_cuda(c) and first_in_process(r, c):
+        work_s = max(PER_CELL_S, work_s - CUDA_SETUP_S)
+    return work_s
+
+
 def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers: int = 1,
              gpu_name: str | None = None, mfu: float | None = None) -> Estimate:
     """The estimate for {section: cells to run}, launched by `launcher` ("inline", "worker", ...)."""
     rates = Rates(records, gpu_name, mfu)
     by_cell = {(r["section"], r["cell"]): r for r in records}
-    est = Estimate()
-    cuda_set_up = False
+    nsys_here = nsys_on_path_here()
+    modelled = []  # the cells the cost model estimates
+    work: dict[str, list[CellEstimate]] = {}
     for section, cells in todo.items():
-        out = []
+        out = work[section] = []
         for c in cells:
             r = by_cell.get((c.section, c.name))
-            if r is not None and r.get("duration_s"):
-                out.append(CellEstimate(c.section, c.name, float(r["duration_s"]), "record", _cell_uses_cuda(c),
+            if r is not None and r.get("status") != "skipped" and r.get("duration_s"):
+                out.append(CellEstimate(c.section, c.name, record_work_s(r, c), "record", _cell_uses_cuda(c),
                                         c.fresh_process))
             else:
-                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates), "model", _cell_uses_cuda(c),
-                                        c.fresh_process))
-        est.cells[section] = out
-        est.processes[section], est.launch_s[section] = launch_cost(out, launcher)
-        if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
-            est.launch_s[section] += CUDA_SETUP_S  # this process's first CUDA cell
-            cuda_set_up = True
-    if launcher == "local-gpus" and workers > 1:
-        for section in est.cells:  # cells spread over the GPUs: the section's wall time divides
-            for ce in est.cells[section]:
-                ce.work_s /= workers
-            est.launch_s[section] /= workers
+                modelled.append(c)
+                out.append(CellEstimate(c.section, c.name, cell_work_model(c, rates, nsys_here), "model",
+                                        _cell_uses_cuda(c), c.fresh_process))
+    est = _launched(work, launcher, workers, [])
+    if est.parallel > 1:
         est.notes.append(f"local-gpus: {workers} workers in parallel, times divided by {workers}")
     est.notes += list(rates.used.values())
+    profiler_note = _profiler_note(modelled, nsys_here)
+    if profiler_note:
+        est.notes.append(profiler_note)
     if any(ce.source == "model" for cells in est.cells.values() for ce in cells):
         est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
                          f"{NSYS_S:g} s per cell (assumed)")
@@ -244,6 +318,22 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
     est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
                      f"CUDA set-up in its first CUDA cell (H200 records){slurm}")
     return est
+
+
+def _profiler_note(cells: list, nsys_on_path: bool) -> str | None:
+    """Which profiler the cost model took for the profiling cells, and why (`--profiler auto` is decided
+    where a cell runs: a dry run on a machine without nsys, for a GPU profile, may guess wrong)."""
+    chosen = [(c, profiler_of(c, nsys_on_path)) for c in cells]
+    counts = Counter(p for _, p in chosen if p)
+    if not counts:
+        return None
+    names = {"nsys": "Nsight Systems", "torch": "torch.profiler"}
+    text = "profiling cells: " + ", ".join(f"{n} by {names.get(p, p)}" for p, n in sorted(counts.items()))
+    if any(p and c.config.get("profiler") == "auto" and c.config.get("device", "cuda") == "cuda" for c, p in chosen):
+        text += (f" (assumed for --profiler auto: `nsys` is on PATH here; {NSYS_S:g} s more per cell)" if nsys_on_path
+                 else f" (assumed for --profiler auto: `nsys` is not on PATH here; a GPU machine with it runs Nsight "
+                      f"Systems, {NSYS_S:g} s more per cell)")
+    return text
 
 
 def launch_cost(cells: list[CellEstimate], launcher: str) -> tuple[int, float]:

@@ -16,7 +16,8 @@ the key. The rules that keep a reused model as good as a fresh one:
   an earlier cell trained or a module a compiled wrapper's guards have seen;
 - before a kept model is handed out again its gradients are set to None and its training flag is
   the one it was built with;
-- nothing is kept under a fake-tensor mode or on `meta` (shapes only, nothing to save), nor while
+- nothing is kept under a fake-tensor mode or on `meta` (shapes only, nothing to save), and no kept
+  model (real weights) is handed out there either; nothing is kept while
   the cache is disabled, which is the default: the inline and subprocess launchers build every
   cell's model as before.
 """
@@ -28,7 +29,6 @@ from typing import Callable, Hashable
 _enabled = False
 _kept: tuple[Hashable, object, bool] | None = None  # (key, module, training flag when built)
 builds = 0  # models built through model_for in this process (the worker reports it; tests count it)
-reuses = 0  # models handed out again
 
 
 def enable(on: bool = True) -> None:
@@ -37,10 +37,6 @@ def enable(on: bool = True) -> None:
     _enabled = on
     if not on:
         clear()
-
-
-def enabled() -> bool:
-    return _enabled
 
 
 def clear() -> None:
@@ -62,19 +58,19 @@ def _shapes_only(device: str) -> bool:
 
 def model_for(model_key: Hashable, build: Callable[[], object], take: bool = False, device: str = "cpu"):
     """The kept module for model_key (reset), or a new one from build(); `take` leaves none kept."""
-    global _kept, builds, reuses
+    global _kept, builds
     if _kept is not None and (_kept[0] != model_key or not _enabled):
         _kept = None  # one model at a time: the old one is freed before the next is built
-    if _kept is not None:
+    shapes_only = _shapes_only(device)
+    if _kept is not None and not shapes_only:  # never real weights to a fake-tensor mode (its key can be "cpu")
         _, model, training = _kept
         if take:
             _kept = None
         model.zero_grad(set_to_none=True)
         model.train(training)
-        reuses += 1
         return model
     model = build()
     builds += 1
-    if _enabled and not take and not _shapes_only(device):
+    if _enabled and not take and not shapes_only:
         _kept = (model_key, model, model.training)
     return model

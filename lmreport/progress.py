@@ -104,10 +104,3 @@ class Progress:
     def _line(self) -> None:
         print(self.line(), file=self.file, flush=True)
         self._last_t, self._last_done = self.clock(), self.done
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False

@@ -247,17 +247,19 @@ def filter_cells(cells: Iterable[Cell], filters: dict[str, list]) -> list[Cell]:
     return [c for c in cells if keep(c)]
 
 
-def cells_to_run(cells: list[Cell], runs_dir: Path, run: str, rerun: bool = False
-                 ) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
+def cells_to_run(cells: list[Cell], runs_dir: Path, run: str, rerun: bool = False,
+                 is_ok: Callable[[Path], bool] | None = None) -> tuple[list[tuple[Cell, Path]], list[Cell]]:
     """The skip rule: (cells to run with their record paths, cells skipped for their ok record).
 
     Without `rerun`, a cell whose record is `ok` is not run again; any other record (oom,
-    error, skipped, unreadable) or none means it runs. Reads records only; writes nothing.
+    error, skipped, unreadable) or none means it runs. Reads records only (with store.is_ok,
+    or `is_ok` from records a caller has read already); writes nothing.
     """
+    is_ok = is_ok or store.is_ok
     todo, cached = [], []
     for c in cells:
         path = store.record_path(runs_dir, run, c.section, c.name)
-        if not rerun and store.is_ok(path):
+        if not rerun and is_ok(path):
             cached.append(c)
         else:
             todo.append((c, path))

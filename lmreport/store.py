@@ -154,16 +154,21 @@ def is_ok(path: Path) -> bool:
 
 def load_records(runs_dir: Path) -> list[dict]:
     """Every readable record under runs_dir; unreadable files are skipped with a warning."""
-    out = []
+    return list(records_by_path(runs_dir).values())
+
+
+def records_by_path(runs_dir: Path) -> dict[Path, dict]:
+    """load_records, by file (a record's own file or a kept copy beside it): for who needs both."""
+    out = {}
     for path in sorted(Path(runs_dir).rglob("*.json")):
         # Temp files (.name.tmp) and hidden folders such as the Slurm job folder runs/<run>/.slurm/
         # hold no records.
         if any(part.startswith(".") for part in path.relative_to(runs_dir).parts):
             continue
         try:
-            out.append(read_record(path))
+            out[path] = read_record(path)
         except (OSError, InputFileError) as e:
-            warnings.warn(f"skipped {e}", stacklevel=2)
+            warnings.warn(f"skipped {e}", stacklevel=3)
     return out
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 
 import pytest
 
@@ -125,6 +126,47 @@ def test_model_cache_keeps_one_model_and_resets_it(monkeypatch):
     finally:
         model_cache.enable(False)
 
+
+
+def test_model_cache_hands_no_kept_model_to_a_fake_tensor_mode(monkeypatch):
+    """Under fake tensors the key may name "cpu" like a real model's: the kept one (real weights) is not handed
+    out there, nor replaced by the fake build; a real request afterwards still gets it."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(model_cache, "_kept", None)
+    model_cache.enable()
+    try:
+        key = model_cache.key(torch.nn.Linear, (2, 2), "cpu")
+        real = model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu")
+        with FakeTensorMode():
+            fake = model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu")
+        assert fake is not real and model_cache.model_for(key, lambda: torch.nn.Linear(2, 2), device="cpu") is real
+    finally:
+        model_cache.enable(False)
+
+
+def test_a_launcher_must_implement_run_or_run_many():
+    """Each defaults to the other: a subclass with neither would recurse forever, so it is refused when defined."""
+    with pytest.raises(TypeError, match="Neither implements neither run nor run_many"):
+        class Neither(launchers.Launcher):
+            name = "neither"
+
+    class One(launchers.Launcher):
+        def run(self, c, record_file):
+            return {"status": "ok", "cell": c}
+
+    class Many(launchers.Launcher):
+        def run_many(self, todo, finished):
+            for c, _ in todo:
+                finished(c, {"status": "ok", "cell": c})
+            return Counter()
+
+    class Subclass(One):  # inherits run
+        pass
+    assert Subclass().run("c", "r.json") == {"status": "ok", "cell": "c"}
+    got = []
+    One().run_many([("a", "a.json"), ("b", "b.json")], lambda c, r: got.append(r["cell"]))
+    assert got == ["a", "b"] and Many().run("c", "c.json") == {"status": "ok", "cell": "c"}
 
 # Loaded by each child interpreter at start-up: a fake section whose cells say what to do.
 FAKE_SECTION = textwrap.dedent("""

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lmreport import runner, store
-from lmreport.launchers.process import SubprocessLauncher, WorkerProcess
+from lmreport.launchers.process import SubprocessLauncher, lost_cell_environment
 from lmreport.presets import resolve
 
 PLAN = runner.Plan(*resolve("cpu", 2025, False))
@@ -154,10 +154,12 @@ def test_subprocess_executor_records_a_worker_that_dies_without_writing(tmp_path
 def test_a_dead_worker_on_a_gpu_machine_is_not_labelled_with_the_cpu(tmp_path, monkeypatch):
     """The parent does not initialise CUDA to name the GPU: the device is unknown, not "CPU: ..."."""
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: True)
-    worker = WorkerProcess.__new__(WorkerProcess)
-    worker.env = {"CUDA_VISIBLE_DEVICES": "3"}
-    env = worker._environment()
+    env = lost_cell_environment({"CUDA_VISIBLE_DEVICES": "3"})  # the child's environment, as WorkerProcess.env
     assert env["device"] is None and env["device_type"] == "cuda" and env["cuda_visible_devices"] == "3"
+    # A child that inherited this process's environment saw its GPUs; one given its own saw what that names.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert lost_cell_environment()["cuda_visible_devices"] == "0,1"
+    assert lost_cell_environment({"PATH": "/bin"})["cuda_visible_devices"] is None
 
 
 @pytest.mark.parametrize("executor", ["inline", "subprocess", "worker"])

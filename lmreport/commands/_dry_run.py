@@ -6,6 +6,7 @@ for the estimate, lmreport/eta.py); starts nothing and writes nothing.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from lmreport.progress import clock_text
@@ -20,19 +21,24 @@ def _names(cells: list) -> str:
 
 
 def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, launcher, rerun: bool = False,
-               gpu_name: str | None = None, out=None) -> int:
+               out=None) -> int:
     import sys
 
     from lmreport import eta, runner, store
     out = out or sys.stdout
+    run_dir = Path(runs_dir) / plan.run
+    # Every record is read once: the skip rule looks at each cell's own file, the estimate at the run's records.
+    by_path = store.records_by_path(run_dir) if run_dir.is_dir() else {}
+
+    def is_ok(path: Path) -> bool:
+        return by_path.get(Path(path), {}).get("status") == "ok"
     todo, cached = {}, {}
     for name, cells in chosen.items():
-        run_now, skipped = runner.cells_to_run(cells, runs_dir, plan.run, rerun)
+        run_now, skipped = runner.cells_to_run(cells, runs_dir, plan.run, rerun, is_ok=is_ok)
         todo[name], cached[name] = [c for c, _ in run_now], len(skipped)
-    run_dir = Path(runs_dir) / plan.run
-    records = store.select(store.load_records(run_dir), plan.edition.year, plan.profile.name) if run_dir.is_dir() else []
+    records = store.select(by_path.values(), plan.edition.year, plan.profile.name)
     workers = len(getattr(launcher, "slots", ())) or 1
-    est = eta.estimate(todo, records, executor, workers=workers, gpu_name=gpu_name)
+    est = eta.estimate(todo, records, executor, workers=workers)
 
     print(f"dry run (nothing runs, nothing is written): profile {plan.profile.name}, edition {plan.edition.year}, "
           f"executor {executor}, records in {run_dir}", file=out)
@@ -52,19 +58,13 @@ def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, lau
     for name, cells in todo.items():
         if cells:
             print(f"  {name}: {_names(cells)}", file=out)
-    needs = {}
-    for cells in todo.values():
-        for c in cells:
-            reason = runner.missing_requirement(c.requires)
-            if reason:
-                needs[reason] = needs.get(reason, 0) + 1
+    missing = {(c.section, c.name): runner.missing_requirement(c.requires) for cells in todo.values() for c in cells}
+    needs = Counter(reason for reason in missing.values() if reason)
     for reason, n in needs.items():
         print(f"{n} of these cells {reason.replace('needs', 'need')} and would be recorded `skipped` here; "
               "the ETA is for a machine that runs them", file=out)
     if needs:  # what this machine will take: its skipped cells cost next to nothing
-        runnable = {name: [c for c in cells if not runner.missing_requirement(c.requires)]
-                    for name, cells in todo.items()}
-        here = eta.estimate(runnable, records, executor, workers=workers, gpu_name=gpu_name)
+        here = est.only(lambda ce: not missing[(ce.section, ce.cell)])
         print(f"ETA on this machine, which records them as skipped: {clock_text(here.total_s)}", file=out)
     print("estimated from:", file=out)
     for note in est.notes:

@@ -101,7 +101,7 @@ def main(args) -> int:
         os.environ[PROFILER_VARIABLE] = args.profiler
 
     profile, edition = resolve_plan(args)
-    plan = runner.Plan(profile, edition, resolve_model(args, load=True))
+    plan = runner.Plan(profile, edition, resolve_model(args, load=not args.dry_run))  # a dry run runs nothing of the model
     names = list(all_sections()) if args.section == "all" else [get(args.section).name]
     from lmreport import launchers
     executor = args.executor or launchers.default_name()

@@ -36,10 +36,17 @@ class Launcher:
     A launcher implements `run_many(todo, finished)` (cells that run in parallel or as a batch
     call finished(cell, record) as each one ends, and return counts of what did not end here, e.g.
     Slurm jobs left queued), or `run(cell, record_file) -> record` for one cell at a time; each has
-    a default in terms of the other.
+    a default in terms of the other, so a subclass that implements neither is refused when it is
+    defined (TypeError) instead of recursing forever when it is first used.
     """
 
     name = "launcher"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.run is Launcher.run and cls.run_many is Launcher.run_many:
+            raise TypeError(f"{cls.__qualname__} implements neither run nor run_many of Launcher (each defaults to "
+                            "the other)")
 
     def run(self, c: Cell, record_file: Path) -> dict:
         out: list[dict] = []

@@ -57,18 +57,20 @@ def record_lost_cell(c: Cell, record_file: Path, before_mtime_ns: int | None, wh
     return record
 
 
-def lost_cell_environment(cuda_visible_devices: str | None = None, set_visible: bool = False) -> dict:
+def lost_cell_environment(env: dict | None = None) -> dict:
     """Where a dead child ran, as far as this process knows without initialising CUDA here
     (a CUDA context in the parent would hold GPU memory the next children need): on a GPU
-    machine the device is unknown (None), never this parent's CPU."""
+    machine the device is unknown (None), never this parent's CPU. `env`: the child's
+    environment variables where the launcher gave it its own (None: it inherited this one's),
+    whose CUDA_VISIBLE_DEVICES says which GPUs it saw."""
     from lmreport.device import default_device, environment
-    env = environment("cpu")
+    out = environment("cpu")
     device = default_device()
     if device != "cpu":
-        env.update(device=None, device_type=device, cuda=None)
-    if set_visible:
-        env["cuda_visible_devices"] = cuda_visible_devices
-    return env
+        out.update(device=None, device_type=device, cuda=None)
+    if env is not None:
+        out["cuda_visible_devices"] = env.get("CUDA_VISIBLE_DEVICES")
+    return out
 
 
 class WorkerProcess:
@@ -108,11 +110,7 @@ class WorkerProcess:
         self._out.close()
         code = self.proc.returncode if code is None else code
         return record_lost_cell(self.cell, self.record_file, self.before, f"worker exited with {code}", self.log,
-                                self._environment(), self.started, self.launch)
-
-    def _environment(self) -> dict:
-        return lost_cell_environment(self.env.get("CUDA_VISIBLE_DEVICES") if self.env is not None else None,
-                                     set_visible=self.env is not None)
+                                lost_cell_environment(self.env), self.started, self.launch)
 
 
 class SubprocessLauncher(Launcher):

@@ -68,6 +68,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 from lmreport import store
 from lmreport.errors import InputFileError, UserError
 from lmreport.launchers import Finished, Launcher
+from lmreport.launchers.process import mtime_ns
 from lmreport.runner import Cell
 
 CONFIG_FILE = "lmreport-slurm.toml"
@@ -296,13 +297,6 @@ def _append_jobs(run_dir: Path, entries: list[JobEntry]) -> None:
         os.fsync(f.fileno())
 
 
-def _mtime_ns(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-
-
 def run_cell_job(cell_json: str, record_file: str) -> str:
     """What each job runs on its node: one cell, its record written by execute_cell."""
     from lmreport.runner import execute_cell
@@ -320,7 +314,7 @@ def submit(todo: list[tuple[Cell, Path]], settings: SlurmSettings, run_dir: Path
         raise UserError(f"--executor slurm: {e} (this is not a Slurm login node; `cluster = \"local\"` in "
                         f"{CONFIG_FILE} or --cluster local runs the jobs as local processes)") from None
     ex.update_parameters(**settings.submitit_parameters(f"lmreport-{section}"))
-    befores = [_mtime_ns(path) for _, path in todo]
+    befores = [mtime_ns(path) for _, path in todo]
     try:
         jobs = ex.map_array(run_cell_job, [c.to_json() for c, _ in todo], [str(Path(p).resolve()) for _, p in todo])
     except Exception as e:  # sbatch refused (unknown partition, account...): its message, on one line
@@ -507,7 +501,7 @@ def resolve(run_dir: Path, entry: JobEntry, watcher: JobWatcher) -> CellState:
     """Where a submitted cell stands; a job found dead gets its error record now."""
     section, name = entry.key
     record_file = Path(run_dir) / entry.record
-    seen = _mtime_ns(record_file)
+    seen = mtime_ns(record_file)
     if seen not in (None, entry.record_mtime_ns):
         try:
             r = store.read_record(record_file)
@@ -519,7 +513,7 @@ def resolve(run_dir: Path, entry: JobEntry, watcher: JobWatcher) -> CellState:
     if phase != "ended":
         return CellState(section, name, phase, entry.job_id, word)
     _refresh_attributes(record_file.parent, folder)
-    if _mtime_ns(record_file) != seen:  # the job wrote its record while we looked
+    if mtime_ns(record_file) != seen:  # the job wrote its record while we looked
         return resolve(run_dir, entry, watcher)
     if not watcher.settled(entry):
         return CellState(section, name, "running", entry.job_id, f"ended ({word}); its record may be on its way",

@@ -103,10 +103,8 @@ class _Worker:
             return store.read_record(record_file), reply, False
         if code is None:
             code = self.proc.wait()
-        env = lost_cell_environment(self.env.get("CUDA_VISIBLE_DEVICES") if self.env is not None else None,
-                                    set_visible=self.env is not None)
-        record = record_lost_cell(c, record_file, before, f"worker exited with {code}", cell_log(record_file), env,
-                                  started, launch)
+        record = record_lost_cell(c, record_file, before, f"worker exited with {code}", cell_log(record_file),
+                                  lost_cell_environment(self.env), started, launch)
         return record, None, code == "timeout"
 
     def close(self) -> None:
