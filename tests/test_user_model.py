@@ -243,6 +243,25 @@ def test_diagnose_admits_what_it_cannot_explain():
     assert d.causes == [] and not d.explains_parameters and d.parameter_difference == 7
 
 
+def test_matching_parameters_with_an_unexplained_flop_difference_have_no_cause():
+    """A cause's parameters count against components that match too: none of them fits a model whose parameters
+    equal the formula's, and no cause is offered for FLOPs it does not explain."""
+    import lmreport.accounting as acc
+    d = cf.diagnose(CFG, 1, 8, _observed(), acc.forward_flops(CFG, 1, 8) + 12_345)
+    assert d.parameter_difference == 0 and d.flop_difference == 12_345 and not d.conforms
+    assert d.causes == [] and d.alternatives == [] and d.explains_parameters and not d.explains_flops
+
+
+def test_the_planted_causes_explain_its_parameters_but_not_an_extra_flop_difference():
+    """The planted model's parameter causes are still found when its FLOPs differ by something none predicts."""
+    m = _accounting_cell(PLANTED, "cpu", "tiny", 2, 64)
+    d = cf.diagnose(TINY, 2, 64, m["parameters_by_component"], m["forward_flops_counter"] + 1, m["unplaced_parameters"],
+                    m["matrices_by_component"])
+    assert [c.text.split(":")[0] for c in d.causes] == ["tied embeddings", "biases on the Q, K, V and output projections",
+                                                       f"d_ff = 320 instead of {TINY.d_ff}"]
+    assert d.explains_parameters and not d.explains_flops and not d.alternatives
+
+
 # --- records, runs and the writeup -----------------------------------------------------------------------------
 
 
