@@ -155,6 +155,30 @@ def test_a_model_that_reads_values_is_checked_on_real_tensors_at_the_cpu_size(ca
     assert code == 2 and "cannot be estimated without allocating" in err.splitlines()[-1]
 
 
+def test_a_model_raising_its_own_value_error_on_fake_tensors_is_skipped_not_an_error(capsys):
+    """A ValueError from the user's forward is the model failing on fake tensors (NotAbstract, a skipped cell, a
+    one-line error), never taken for the estimator's own argument checks, which still raise ValueError first."""
+    from lmreport.estimate.memory import estimate_memory
+    from lmreport.experiments import memory
+    from lmreport.runner import CellSkipped
+    target = "tests.fixtures.bad_models:RefusesTensorsWithoutData"
+    spec = user_model.load_spec(target)
+    with pytest.raises(user_model.NotAbstract, match="ValueError: token ids hold no data"):
+        estimate_memory(TINY, 2, 16, "train", spec=spec)
+    with pytest.raises(ValueError, match="unknown mode"):
+        estimate_memory(TINY, 2, 16, "sideways", spec=spec)
+    # the cell's main estimate fails (train, forward), or only its with-grad variant does (forward): skipped either way
+    for model, mode in ((target, "train"), (target, "forward"), (target + "WithGrad", "forward")):
+        c = runner.Cell("memory", "x", {"edition": 2025, "profile": "cpu", "size": "tiny", "batch": 2, "ctx": 16,
+                                        "mode": mode, "dtype": "fp32", "source": "estimated",
+                                        "implementation": user_model.load_spec(model).to_config()})
+        with pytest.raises(CellSkipped, match="cannot be estimated without allocating"):
+            memory.run_cell(c, Path("unused"))
+    code, _, err = cli(capsys, "estimate", "memory", "--size", "tiny", "--ctx", "16", "--mode", "forward",
+                       "--model", target)
+    assert code == 2 and "cannot be estimated without allocating" in err.splitlines()[-1]
+
+
 def _accounting_cell(target, family, size, batch, ctx):
     from lmreport.experiments import accounting
     spec = user_model.load_spec(target)
