@@ -183,3 +183,52 @@ def test_make_gpu_check_without_a_gpu_is_one_line_and_exit_2():
     assert out.returncode == 2
     lines = (out.stdout + out.stderr).strip().splitlines()
     assert len(lines) == 1 and "gpu-check needs a CUDA GPU" in lines[0], lines
+
+
+# --- the command's summary, with CUDA and its steps stubbed ------------------------------------------------------
+
+
+def _gpu_check(tmp_path, monkeypatch, during_run=lambda runs: None):
+    """`lmreport gpu-check` with CUDA reported present and each step stubbed (during_run(runs dir) stands for the
+    run step); returns (exit code, the commands of the steps, gpu-check.json)."""
+    from lmreport.commands import gpu_check as command
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: True)
+    commands = []
+
+    def step(name, cmd, log, timeout_s, cwd=None):
+        commands.append(cmd)
+        if name.startswith("run all"):
+            during_run(tmp_path / "runs")
+        return G.Step(name, 0, 1.0)
+
+    monkeypatch.setattr(command, "run_step", step)
+    code = main(["gpu-check", "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")])
+    return code, commands, json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+
+
+def _write_plan_records(runs, run, status="skipped", started_at=None, error=None):
+    """A record of `status` for every cell gpu-quick plans, under runs/<run>/."""
+    from lmreport import store
+    plan = Plan(*resolve("gpu-quick", None, True))
+    for section in all_sections():
+        for c in get(section).experiment_module().cells(plan):
+            store.write_record(store.record_path(runs, run, section, c.name),
+                               store.make_record(section, c.name, c.config, {}, status, error=error,
+                                                 started_at=started_at))
+
+
+def _rows(summary):
+    return {r["what"]: r for r in summary["rows"]}
+
+
+def test_the_summary_reads_only_the_plans_run_folder(tmp_path, monkeypatch):
+    """A user model's gpu-quick run beside it (runs/2025-gpu-quick--<model>/, the same cell names, newer records in
+    error) is no part of the check."""
+    def run(runs):
+        _write_plan_records(runs, "2025-gpu-quick")
+        _write_plan_records(runs, "2025-gpu-quick--my-model", "error", "2999-01-01T00:00:00+00:00", "RuntimeError: not mine")
+
+    _, _, summary = _gpu_check(tmp_path, monkeypatch, run)
+    rows = _rows(summary)
+    assert rows["bench: cells"]["verdict"] == G.PASS and rows["bench: cells"]["result"].startswith("0 ok, 0 oom, 0 error")
+    assert not any("not mine" in r["result"] for r in summary["rows"])

@@ -117,7 +117,10 @@ def main(args) -> int:
     prof, ed = resolve(PROFILE, args.edition, True)
     plan = Plan(prof, ed)
     planned = {name: [c.name for c in get(name).experiment_module().cells(plan)] for name in all_sections()}
-    records = store.select(store.load_records(runs), ed.year, prof.name) if runs.is_dir() else []
+    # this plan's folder only: runs/ may hold a user model's gpu-quick run (runs/2025-gpu-quick--<model>/) too,
+    # whose cells have the same names
+    run_dir = runs / plan.run
+    records = store.select(store.load_records(run_dir), ed.year, prof.name) if run_dir.is_dir() else []
     tests = gpu_check.parse_junit(junit) if junit.exists() else None
     summary = gpu_check.summarize(records, planned, tests, steps)
     text = gpu_check.table(summary)
