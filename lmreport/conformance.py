@@ -22,8 +22,9 @@ from typing import Iterable
 from lmreport import accounting as acc
 from lmreport.presets import ModelConfig
 
-# The formula's components, as accounting.parameter_breakdown names them, then three it has not.
-EMBEDDING, ATTENTION, FEED_FORWARD, NORMS, LM_HEAD = acc.parameter_breakdown(ModelConfig("keys", 8, 8, 1, 1))
+# The formula's components (accounting.parameter_breakdown's), then three it has not.
+EMBEDDING, ATTENTION, FEED_FORWARD, NORMS, LM_HEAD = (acc.TOKEN_EMBEDDING, acc.ATTENTION_PROJECTIONS,
+                                                     acc.FEED_FORWARD_WEIGHTS, acc.NORM_WEIGHTS, acc.LM_HEAD_WEIGHTS)
 BIASES = "biases"
 ROPE = "RoPE (as parameters)"
 OTHER = "not placed"
