@@ -66,6 +66,19 @@ def test_a_user_model_gets_its_own_run_folder_and_flags():
     assert os.environ[user_model.IMPORT_DIR_VARIABLE] == str(ROOT)  # where child processes import it from
 
 
+@pytest.mark.parametrize("model, optimizer, loss, label, slug, flags", [
+    (None, "opt:SGD", "l:ce", "lmreport.model:TransformerLM (optimizer opt:SGD, loss l:ce)",
+     "lmreport.model-TransformerLM--opt-opt-SGD--loss-l-ce", " --optimizer opt:SGD --loss l:ce"),
+    ("my pkg.m:Model", None, "l:ce", "my pkg.m:Model (loss l:ce)", "my-pkg.m-Model--loss-l-ce",
+     " --model my pkg.m:Model --loss l:ce"),
+])
+def test_label_slug_and_flags_name_the_parts_that_are_not_lmreports(model, optimizer, loss, label, slug, flags):
+    ref = user_model.REFERENCE_TARGETS
+    spec = user_model.ModelSpec(*(user_model.Part(t or ref[k], "m", None)
+                                  for k, t in (("model", model), ("optimizer", optimizer), ("loss", loss))))
+    assert (spec.label, spec.slug, spec.flags()) == (label, slug, flags)
+
+
 def test_adapters_rename_theta_and_pass_device_and_dtype():
     cls = user_model.import_target(MY_MODEL, "--model")
     kw = user_model.constructor_keywords(cls, TINY, "meta", MY_MODEL)
