@@ -28,15 +28,24 @@ GIB = 1024**3
 # --- parameters -----------------------------------------------------------------------------
 
 
+# The components of parameter_breakdown, in its order (conformance.py places a module's parameters in them).
+TOKEN_EMBEDDING = "token embedding"
+ATTENTION_PROJECTIONS = "attention projections (Q, K, V, O)"
+FEED_FORWARD_WEIGHTS = "feed-forward (W1, W2, W3)"
+NORM_WEIGHTS = "RMSNorm weights (2 per block + final)"
+LM_HEAD_WEIGHTS = "LM head (untied)"
+PARAMETER_COMPONENTS = (TOKEN_EMBEDDING, ATTENTION_PROJECTIONS, FEED_FORWARD_WEIGHTS, NORM_WEIGHTS, LM_HEAD_WEIGHTS)
+
+
 def parameter_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Trainable parameters by component (whole model, all layers)."""
     d, f, n = cfg.d_model, cfg.d_ff, cfg.num_layers
     return {
-        "token embedding": cfg.vocab_size * d,
-        "attention projections (Q, K, V, O)": n * 4 * d * d,
-        "feed-forward (W1, W2, W3)": n * 3 * d * f,
-        "RMSNorm weights (2 per block + final)": n * 2 * d + d,
-        "LM head (untied)": d * cfg.vocab_size,
+        TOKEN_EMBEDDING: cfg.vocab_size * d,
+        ATTENTION_PROJECTIONS: n * 4 * d * d,
+        FEED_FORWARD_WEIGHTS: n * 3 * d * f,
+        NORM_WEIGHTS: n * 2 * d + d,
+        LM_HEAD_WEIGHTS: d * cfg.vocab_size,
     }
 
 

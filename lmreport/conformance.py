@@ -22,8 +22,9 @@ from typing import Iterable
 from lmreport import accounting as acc
 from lmreport.presets import ModelConfig
 
-# The formula's components, as accounting.parameter_breakdown names them, then three it has not.
-EMBEDDING, ATTENTION, FEED_FORWARD, NORMS, LM_HEAD = acc.parameter_breakdown(ModelConfig("keys", 8, 8, 1, 1))
+# The formula's components (accounting.parameter_breakdown's), then three it has not.
+EMBEDDING, ATTENTION, FEED_FORWARD, NORMS, LM_HEAD = (acc.TOKEN_EMBEDDING, acc.ATTENTION_PROJECTIONS,
+                                                     acc.FEED_FORWARD_WEIGHTS, acc.NORM_WEIGHTS, acc.LM_HEAD_WEIGHTS)
 BIASES = "biases"
 ROPE = "RoPE (as parameters)"
 OTHER = "not placed"
@@ -157,18 +158,20 @@ class Diagnosis:
 
 
 def _adds_up(causes: tuple[Cause, ...], diff: dict[str, int]) -> bool:
-    total = dict.fromkeys(diff, 0)
+    """Whether the causes' predicted differences equal diff in every component either of them names (a
+    component only a cause touches must sum to 0, as diff holds only the non-zero differences)."""
+    total: dict[str, int] = {}
     for c in causes:
         for k, v in c.parameters.items():
             total[k] = total.get(k, 0) + v
-    return all(total.get(k, 0) == v for k, v in {**total, **diff}.items())
+    return all(total.get(k, 0) == diff.get(k, 0) for k in total.keys() | diff.keys())
 
 
 def diagnose(cfg: ModelConfig, batch: int, ctx: int, by_component: dict[str, int], flops_counted: int | None,
              unplaced: Iterable[str] = (), matrices: dict[str, int] | None = None) -> Diagnosis:
     """Compare a module's parameters by component and its counted forward FLOPs with the formulas; find the
     smallest combination of known causes whose predicted differences equal the observed ones exactly
-    (parameters per component and FLOPs), else the smallest that explains the parameters alone."""
+    (parameters per component and FLOPs), else, where the parameters differ, the smallest that explains them alone."""
     formula = formula_by_component(cfg)
     observed = {**dict.fromkeys(COMPONENTS, 0), **by_component}
     diff = {k: observed[k] - formula[k] for k in COMPONENTS}
@@ -186,7 +189,9 @@ def diagnose(cfg: ModelConfig, batch: int, ctx: int, by_component: dict[str, int
             if exact:
                 best, alternatives = list(exact[0]), [list(c) for c in exact[1:]]
                 break
-            if fits and not best:
+            # where the parameters match, nothing is needed to explain them: no fallback (a cause without
+            # parameters that misses the FLOPs would be offered as "the likely cause" of nothing)
+            if fits and not best and nonzero:
                 best, alternatives = list(fits[0]), [list(c) for c in fits[1:]]
     return Diagnosis(rows, sum(diff.values()), flop_diff, best,
                      explains_parameters=_adds_up(tuple(best), nonzero),

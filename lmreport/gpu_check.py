@@ -6,7 +6,9 @@ feeds their records and pytest's JUnit XML here; tests feed the records of a rea
 verdict:
 
 - per section: cells ok / oom / error / skipped / not run, and the section's wall seconds (from the
-  records' start times and durations); any `error` or a planned cell without a record fails;
+  records' start times and durations); any `error` or a planned cell without a record fails. The check
+  proves its own run: a record that started before the check began (an old run's, one copied from another
+  machine, an ok record kept beside a failed rerun) counts as not run and takes no part in any row;
 - the CUDA tests (`pytest -m cuda`): any failure or error fails, as does no test result at all;
 - cross-checks: each measured memory peak against its estimate; the eager attention's peak above its
   baseline against the CUDA formula at T >= 1,024; the out-of-memory probe recorded as `oom`; the MFU
@@ -107,6 +109,25 @@ def _time(iso: str | None) -> float | None:
         return None
 
 
+def started_since(record: dict, since: str) -> bool:
+    """Whether the record started at or after `since` (both ISO times as store.now_iso() writes them, to the
+    second: a cell that starts in the check's first second counts); a record without a start time did not."""
+    t, t0 = _time(record.get("started_at")), _time(since)
+    return t is not None and t0 is not None and t >= t0
+
+
+def select_for_check(records: list[dict], edition: int, profile: str, since: str) -> list[dict]:
+    """One record per cell as store.select chooses it, but among the records started since the check began
+    first: a cell whose rerun failed shows that error, not the ok record store.write_record kept from before
+    (`<cell>.kept-<time>.json`); a cell with no record of this check keeps its older one (summarize counts
+    it as not run)."""
+    from lmreport import store
+    chosen = {(r["section"], r["cell"]): r for r in store.select(records, edition, profile)}
+    fresh = store.select([r for r in records if started_since(r, since)], edition, profile)
+    chosen.update({(r["section"], r["cell"]): r for r in fresh})
+    return sorted(chosen.values(), key=lambda r: (r["section"], r["cell"]))
+
+
 def section_wall_s(records: list[dict]) -> float | None:
     """From the first cell's start to the last cell's end (records' started_at + duration_s)."""
     spans = [(t, t + float(r.get("duration_s") or 0)) for r in records if (t := _time(r.get("started_at"))) is not None]
@@ -117,21 +138,23 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _sections(s: Summary, records: list[dict], planned: dict[str, list[str]]) -> None:
+def _sections(s: Summary, records: list[dict], planned: dict[str, list[str]], before: set[tuple[str, str]],
+              expected: str) -> None:
     for section, cells in planned.items():
         mine = [r for r in records if r["section"] == section]
         counts = {k: sum(r["status"] == k for r in mine) for k in STATUSES}
         missing = sorted(set(cells) - {r["cell"] for r in mine})
+        old = sum((section, c) in before for c in missing)
         wall = section_wall_s(mine)
         result = ", ".join(f"{counts[k]} {k}" for k in STATUSES) + f", {len(missing)} not run" + (
-            f"; {wall:.0f} s" if wall is not None else "")
+            f" ({old} recorded only before this check)" if old else "") + (f"; {wall:.0f} s" if wall is not None else "")
         verdict = FAIL if counts["error"] or missing else PASS
         if counts["error"]:
             first = next(r for r in mine if r["status"] == "error")
             result += f"; first error: {first['cell']}: {(first.get('error') or '')[:120]}"
         elif missing:
             result += f"; first not run: {missing[0]}"
-        s.add(f"{section}: cells", result, "no error, every cell recorded", verdict)
+        s.add(f"{section}: cells", result, expected, verdict)
 
 
 def _tests(s: Summary, tests: TestResults | None) -> None:
@@ -213,16 +236,25 @@ def _mfu(s: Summary, records: list[dict]) -> None:
 
 
 def summarize(records: list[dict], planned: dict[str, list[str]], tests: TestResults | None,
-              steps: list[Step] = ()) -> Summary:
-    """The table of a gpu-check from the run's records (one per cell, e.g. store.select), the planned cell names
-    per section, the CUDA tests' results (None when they did not finish) and the steps that ran."""
+              steps: list[Step] = (), since: str | None = None) -> Summary:
+    """The table of a gpu-check from the run's records (one per cell, e.g. select_for_check), the planned cell
+    names per section, the CUDA tests' results (None when they did not finish) and the steps that ran.
+
+    since: when the check began (store.now_iso(), taken before its first step). A record that started before
+    it is not this check's: its cell counts as not run, and the record is in no other row (wall seconds,
+    cross-checks). None: every record counts (a summary of records alone)."""
+    before: set[tuple[str, str]] = set()
+    if since is not None:
+        before = {(r["section"], r["cell"]) for r in records if not started_since(r, since)}
+        records = [r for r in records if (r["section"], r["cell"]) not in before]
     s = Summary()
     for step in steps:
         ok = step.returncode is not None and not step.timed_out
         result = ("timed out" if step.timed_out else f"exit {step.returncode}") + f" after {step.wall_s:.0f} s"
         # a run or a render that ends non-zero because a cell failed is judged by the rows below
         s.add(f"step: {step.name}", result, "finished within its timeout", PASS if ok else FAIL)
-    _sections(s, records, planned)
+    _sections(s, records, planned, before,
+              "no error, every cell recorded" + (" by this check" if since is not None else ""))
     _tests(s, tests)
     _memory(s, records)
     _attention(s, records)

@@ -263,6 +263,12 @@ def model_table(ed: Edition, prof: Profile | None = None) -> dict[str, ModelConf
     return {**ed.study_models, **(prof.extra_models if prof else {}), **CPU_MODELS}
 
 
+def accounting_table(ed: Edition, family: str) -> dict[str, ModelConfig]:
+    """The sizes an accounting cell's `family` names: GPT-2's ("gpt2"), the CPU sizes ("cpu"), else the
+    edition's study table."""
+    return {"gpt2": ed.gpt2, "cpu": CPU_MODELS}.get(family, ed.study_models)
+
+
 def model_of(config: dict) -> ModelConfig:
     """The model of a cell's config (its edition, profile and size)."""
     prof = profile(config["profile"]) if config.get("profile") else None

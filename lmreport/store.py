@@ -172,17 +172,22 @@ def records_by_path(runs_dir: Path) -> dict[Path, dict]:
     return out
 
 
+def in_plan(record: dict, edition: int | None, profile: str | None) -> bool:
+    """Whether a record belongs to the plan (edition, profile): its config names them or does not say (a record
+    from before these keys); None matches any."""
+    cfg = record.get("config") or {}
+    return ((edition is None or cfg.get("edition") in (None, edition))
+            and (profile is None or cfg.get("profile") in (None, profile)))
+
+
 def select(records: Iterable[dict], edition: int | None = None, profile: str | None = None) -> list[dict]:
-    """One record per (section, cell): the newest ok one, else the newest of any status.
+    """One record per (section, cell) of the plan (in_plan): the newest ok one, else the newest of any status.
 
     Records from several machines merge this way (copy their folders under runs/).
     """
     best: dict[tuple[str, str], dict] = {}
     for r in records:
-        cfg = r.get("config", {})
-        if edition is not None and cfg.get("edition") not in (None, edition):
-            continue
-        if profile is not None and cfg.get("profile") not in (None, profile):
+        if not in_plan(r, edition, profile):
             continue
         key = (r["section"], r["cell"])
         cur = best.get(key)
@@ -199,9 +204,9 @@ def other_plans(records: Iterable[dict], edition: int, profile: str) -> dict[tup
     """
     counts: dict[tuple[int | None, str | None], int] = {}
     for r in records:
-        cfg = r.get("config", {})
-        e, p = cfg.get("edition"), cfg.get("profile")
-        if e not in (None, edition) or p not in (None, profile):
+        if not in_plan(r, edition, profile):
+            cfg = r.get("config") or {}
+            e, p = cfg.get("edition"), cfg.get("profile")
             counts[(e, p)] = counts.get((e, p), 0) + 1
     return counts
 

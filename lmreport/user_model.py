@@ -42,6 +42,8 @@ REFERENCE_MODEL = "lmreport.model:TransformerLM"
 REFERENCE_OPTIMIZER = "lmreport.optim:AdamW"
 REFERENCE_LOSS = "torch.nn.functional:cross_entropy"
 FLAGS = {"model": "--model", "optimizer": "--optimizer", "loss": "--loss"}
+REFERENCE_TARGETS = {"model": REFERENCE_MODEL, "optimizer": REFERENCE_OPTIMIZER, "loss": REFERENCE_LOSS}
+SLUG_NAMES = {"optimizer": "opt", "loss": "loss"}  # a part's name in the run folder's suffix
 IMPORT_DIR_VARIABLE = "LMREPORT_IMPORT_DIR"  # where child processes import the user's modules from
 
 # The course's constructor keywords, in its order, and the names some implementations use instead.
@@ -96,28 +98,27 @@ class ModelSpec:
     def is_reference(self) -> bool:
         return self.key == (REFERENCE_MODEL, REFERENCE_OPTIMIZER, REFERENCE_LOSS)
 
+    def _custom_parts(self) -> list[tuple[str, Part]]:
+        """(name, part) of the parts that are not lmreport's, in the order model, optimizer, loss."""
+        return [(name, part) for name, part in (("model", self.model), ("optimizer", self.optimizer), ("loss", self.loss))
+                if part.target != REFERENCE_TARGETS[name]]
+
     @property
     def label(self) -> str:
         """`module:Class`, plus the optimizer and loss where they are not lmreport's."""
-        extra = [f"optimizer {self.optimizer.target}"] if self.optimizer.target != REFERENCE_OPTIMIZER else []
-        extra += [f"loss {self.loss.target}"] if self.loss.target != REFERENCE_LOSS else []
+        extra = [f"{name} {part.target}" for name, part in self._custom_parts() if name != "model"]
         return self.model.target + (f" ({', '.join(extra)})" if extra else "")
 
     @property
     def slug(self) -> str:
         """The run folder's suffix: runs/<edition>-<profile>--<slug>/ (file-name safe)."""
-        parts = [self.model.target] + [f"{k}-{p.target}" for k, p in (("opt", self.optimizer), ("loss", self.loss))
-                                       if p.target != {"opt": REFERENCE_OPTIMIZER, "loss": REFERENCE_LOSS}[k]]
+        parts = [self.model.target] + [f"{SLUG_NAMES[name]}-{part.target}" for name, part in self._custom_parts()
+                                       if name != "model"]
         return "--".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", p) for p in parts)
 
     def flags(self) -> str:
         """The command-line flags that select this implementation ('' for the reference)."""
-        out = ""
-        for name, part, ref in (("model", self.model, REFERENCE_MODEL), ("optimizer", self.optimizer,
-                                REFERENCE_OPTIMIZER), ("loss", self.loss, REFERENCE_LOSS)):
-            if part.target != ref:
-                out += f" {FLAGS[name]} {part.target}"
-        return out
+        return "".join(f" {FLAGS[name]} {part.target}" for name, part in self._custom_parts())
 
     def to_config(self) -> dict:
         """The cell config's `implementation` (JSON), which every record of a model-measuring section carries."""

@@ -37,6 +37,14 @@ def test_symbolic_parameter_count_matches_numeric():
         assert acc.evaluate(acc.PARAMETERS_EXPR, cfg, 1, 1) == acc.parameter_count(cfg)
 
 
+def test_parameter_breakdown_is_keyed_by_the_named_components_in_order():
+    """conformance.py places a module's parameters in these names; the chapter's tables print them."""
+    from lmreport import conformance
+    for cfg in all_configs():
+        assert tuple(acc.parameter_breakdown(cfg)) == acc.PARAMETER_COMPONENTS
+    assert conformance.COMPONENTS[:5] == acc.PARAMETER_COMPONENTS
+
+
 @pytest.mark.parametrize("cfg", all_configs(), ids=lambda c: f"{c.name}-{c.d_model}-{c.vocab_size}")
 def test_parameter_formula_equals_module(cfg):
     with torch.device("meta"):

@@ -183,3 +183,106 @@ def test_make_gpu_check_without_a_gpu_is_one_line_and_exit_2():
     assert out.returncode == 2
     lines = (out.stdout + out.stderr).strip().splitlines()
     assert len(lines) == 1 and "gpu-check needs a CUDA GPU" in lines[0], lines
+
+
+# --- the command's summary, with CUDA and its steps stubbed ------------------------------------------------------
+
+
+def _gpu_check(tmp_path, monkeypatch, during_run=lambda runs: None):
+    """`lmreport gpu-check` with CUDA reported present and each step stubbed (during_run(runs dir) stands for the
+    run step); returns (exit code, the commands of the steps, gpu-check.json)."""
+    from lmreport.commands import gpu_check as command
+    monkeypatch.setattr("lmreport.device.cuda_available", lambda: True)
+    commands = []
+
+    def step(name, cmd, log, timeout_s, cwd=None):
+        commands.append(cmd)
+        if name.startswith("run all"):
+            during_run(tmp_path / "runs")
+        return G.Step(name, 0, 1.0)
+
+    monkeypatch.setattr(command, "run_step", step)
+    code = main(["gpu-check", "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")])
+    return code, commands, json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+
+
+def _write_plan_records(runs, run, status="skipped", started_at=None, error=None):
+    """A record of `status` for every cell gpu-quick plans, under runs/<run>/."""
+    from lmreport import store
+    plan = Plan(*resolve("gpu-quick", None, True))
+    for section in all_sections():
+        for c in get(section).experiment_module().cells(plan):
+            store.write_record(store.record_path(runs, run, section, c.name),
+                               store.make_record(section, c.name, c.config, {}, status, error=error,
+                                                 started_at=started_at))
+
+
+def _rows(summary):
+    return {r["what"]: r for r in summary["rows"]}
+
+
+def test_the_summary_reads_only_the_plans_run_folder(tmp_path, monkeypatch):
+    """A user model's gpu-quick run beside it (runs/2025-gpu-quick--<model>/, the same cell names, newer records in
+    error) is no part of the check."""
+    def run(runs):
+        _write_plan_records(runs, "2025-gpu-quick")
+        _write_plan_records(runs, "2025-gpu-quick--my-model", "error", "2999-01-01T00:00:00+00:00", "RuntimeError: not mine")
+
+    _, _, summary = _gpu_check(tmp_path, monkeypatch, run)
+    rows = _rows(summary)
+    assert rows["bench: cells"]["verdict"] == G.PASS and rows["bench: cells"]["result"].startswith("0 ok, 0 oom, 0 error")
+    assert not any("not mine" in r["result"] for r in summary["rows"])
+
+
+def test_records_from_before_the_check_count_as_not_run(h200_records):
+    """The summary proves this check's run: the H200 records (from 2025-26) are old next to a check begun in 2999,
+    so every cell is not run, and no cross-check or wall time reads them."""
+    records = h200_records + [_probe()]
+    planned = _planned(records)
+    s = G.summarize(records, planned, PASSING, since="2999-01-01T00:00:00+00:00")
+    bench = _row(s, "bench: cells")
+    n = len(planned["bench"])
+    assert bench["result"].startswith(f"0 ok, 0 oom, 0 error, 0 skipped, {n} not run ({n} recorded only before this check)")
+    assert " s;" not in bench["result"] and bench["verdict"] == G.FAIL  # no wall seconds from old records
+    assert not s.ok and G.table(s).endswith(f"gpu-check: FAIL ({len(s.failed)} rows failed)")
+    assert {"memory: measured / estimated peak", "attention out-of-memory probe",
+            "bench: MFU of the largest fp32 cell"} <= {r["what"] for r in s.failed}
+    # begun just before the records (to the second): they are this check's, and it passes as before
+    first = min(r["started_at"] for r in records)
+    assert G.summarize(records, planned, PASSING, since=first).ok
+    # one cell recorded before, the rest after: that cell alone is not run, the section's time is the others'
+    fresh = copy.deepcopy(records)
+    old = next(r for r in fresh if r["cell"] == "small-ctx128-train-bf16")
+    old["started_at"] = "2000-01-01T00:00:00+00:00"
+    bench = _row(G.summarize(fresh, planned, PASSING, since=first), "bench: cells")
+    assert bench["verdict"] == G.FAIL and "1 not run (1 recorded only before this check)" in bench["result"]
+    assert bench["result"].endswith("first not run: small-ctx128-train-bf16")
+
+
+def test_a_failed_rerun_shows_its_error_not_the_ok_record_kept_from_before():
+    since = "2026-01-01T12:00:00+00:00"
+    config = {"edition": 2025, "profile": "gpu-quick"}
+    kept = {"section": "bench", "cell": "a", "status": "ok", "config": config, "metrics": {},
+            "started_at": "2025-12-01T12:00:00+00:00", "duration_s": 1.0}
+    failed_rerun = {**kept, "status": "error", "error": "RuntimeError: CUDA error", "started_at": "2026-01-01T12:00:05+00:00"}
+    only_old = {**kept, "cell": "b"}
+    chosen = G.select_for_check([kept, failed_rerun, only_old], 2025, "gpu-quick", since)
+    assert [(r["cell"], r["status"]) for r in chosen] == [("a", "error"), ("b", "ok")]
+    row = _row(G.summarize(chosen, {"bench": ["a", "b"]}, PASSING, since=since), "bench: cells")
+    assert row["result"].startswith("0 ok, 0 oom, 1 error, 0 skipped, 1 not run (1 recorded only before this check)")
+    assert "first error: a: RuntimeError: CUDA error" in row["result"] and row["verdict"] == G.FAIL
+
+
+def test_the_check_reruns_every_cell_and_old_records_cannot_make_it_pass(tmp_path, monkeypatch):
+    """Records already in runs/ (an earlier run, or copied from another machine) with a run step that records
+    nothing: every planned cell is not run, and the check fails; the run step is asked to rerun every cell."""
+    _write_plan_records(tmp_path / "runs", "2025-gpu-quick", "ok", "2000-01-01T00:00:00+00:00")
+    code, commands, summary = _gpu_check(tmp_path, monkeypatch)
+    assert code == 1 and not summary["ok"] and summary["started_at"] > "2000"
+    run = next(c for c in commands if "run" in c and "all" in c)
+    assert "--rerun" in run
+    cells = [r for r in summary["rows"] if r["what"].endswith(": cells")]
+    assert cells and all(r["verdict"] == G.FAIL and "recorded only before this check" in r["result"] for r in cells)
+    # the same records written during the run step are this check's
+    code, _, summary = _gpu_check(tmp_path, monkeypatch, lambda runs: _write_plan_records(runs, "2025-gpu-quick"))
+    assert all(r["verdict"] == G.PASS for r in summary["rows"] if r["what"].endswith(": cells"))

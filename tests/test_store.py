@@ -77,6 +77,16 @@ def test_select_prefers_newest_ok_and_merges_hosts(tmp_path):
         ("c1", "ok", "2026-02"), ("c2", "oom", "2026-01")]
 
 
+def test_a_record_is_in_the_plan_it_names_or_in_every_plan_when_it_names_none():
+    old = store.make_record("bench", "c4", {}, ENV, "ok")  # written before records named their plan
+    rs = [rec("c1"), rec("c2", edition=2026), rec("c3", profile="handout-2025"), old]
+    assert [store.in_plan(r, 2025, "cpu") for r in rs] == [True, False, False, True]
+    assert all(store.in_plan(r, None, None) for r in rs) and store.in_plan(rs[1], None, "cpu")
+    # select keeps what in_plan admits, other_plans counts the rest by the plan they name
+    assert [r["cell"] for r in store.select(rs, 2025, "cpu")] == ["c1", "c4"]
+    assert store.other_plans(rs, 2025, "cpu") == {(2026, "cpu"): 1, (2025, "handout-2025"): 1}
+
+
 def test_record_is_plain_json(tmp_path):
     path = store.write_record(tmp_path / "x.json", rec("c1"))
     data = json.loads(path.read_text())

@@ -66,6 +66,19 @@ def test_a_user_model_gets_its_own_run_folder_and_flags():
     assert os.environ[user_model.IMPORT_DIR_VARIABLE] == str(ROOT)  # where child processes import it from
 
 
+@pytest.mark.parametrize("model, optimizer, loss, label, slug, flags", [
+    (None, "opt:SGD", "l:ce", "lmreport.model:TransformerLM (optimizer opt:SGD, loss l:ce)",
+     "lmreport.model-TransformerLM--opt-opt-SGD--loss-l-ce", " --optimizer opt:SGD --loss l:ce"),
+    ("my pkg.m:Model", None, "l:ce", "my pkg.m:Model (loss l:ce)", "my-pkg.m-Model--loss-l-ce",
+     " --model my pkg.m:Model --loss l:ce"),
+])
+def test_label_slug_and_flags_name_the_parts_that_are_not_lmreports(model, optimizer, loss, label, slug, flags):
+    ref = user_model.REFERENCE_TARGETS
+    spec = user_model.ModelSpec(*(user_model.Part(t or ref[k], "m", None)
+                                  for k, t in (("model", model), ("optimizer", optimizer), ("loss", loss))))
+    assert (spec.label, spec.slug, spec.flags()) == (label, slug, flags)
+
+
 def test_adapters_rename_theta_and_pass_device_and_dtype():
     cls = user_model.import_target(MY_MODEL, "--model")
     kw = user_model.constructor_keywords(cls, TINY, "meta", MY_MODEL)
@@ -150,6 +163,30 @@ def test_a_model_that_reads_values_is_checked_on_real_tensors_at_the_cpu_size(ca
     assert m["parameters_module"] == m["reference"]["parameters_module"]
     with pytest.raises(CellSkipped, match="check at the CPU size"):
         _accounting_cell(target, "study", "small", 1, 64)
+    code, _, err = cli(capsys, "estimate", "memory", "--size", "tiny", "--ctx", "16", "--mode", "forward",
+                       "--model", target)
+    assert code == 2 and "cannot be estimated without allocating" in err.splitlines()[-1]
+
+
+def test_a_model_raising_its_own_value_error_on_fake_tensors_is_skipped_not_an_error(capsys):
+    """A ValueError from the user's forward is the model failing on fake tensors (NotAbstract, a skipped cell, a
+    one-line error), never taken for the estimator's own argument checks, which still raise ValueError first."""
+    from lmreport.estimate.memory import estimate_memory
+    from lmreport.experiments import memory
+    from lmreport.runner import CellSkipped
+    target = "tests.fixtures.bad_models:RefusesTensorsWithoutData"
+    spec = user_model.load_spec(target)
+    with pytest.raises(user_model.NotAbstract, match="ValueError: token ids hold no data"):
+        estimate_memory(TINY, 2, 16, "train", spec=spec)
+    with pytest.raises(ValueError, match="unknown mode"):
+        estimate_memory(TINY, 2, 16, "sideways", spec=spec)
+    # the cell's main estimate fails (train, forward), or only its with-grad variant does (forward): skipped either way
+    for model, mode in ((target, "train"), (target, "forward"), (target + "WithGrad", "forward")):
+        c = runner.Cell("memory", "x", {"edition": 2025, "profile": "cpu", "size": "tiny", "batch": 2, "ctx": 16,
+                                        "mode": mode, "dtype": "fp32", "source": "estimated",
+                                        "implementation": user_model.load_spec(model).to_config()})
+        with pytest.raises(CellSkipped, match="cannot be estimated without allocating"):
+            memory.run_cell(c, Path("unused"))
     code, _, err = cli(capsys, "estimate", "memory", "--size", "tiny", "--ctx", "16", "--mode", "forward",
                        "--model", target)
     assert code == 2 and "cannot be estimated without allocating" in err.splitlines()[-1]
@@ -241,6 +278,25 @@ def test_diagnose_solves_for_the_causes(changes, flops, matrices, expected):
 def test_diagnose_admits_what_it_cannot_explain():
     d = cf.diagnose(CFG, 1, 8, _observed(**{cf.ATTENTION: 7}), None)
     assert d.causes == [] and not d.explains_parameters and d.parameter_difference == 7
+
+
+def test_matching_parameters_with_an_unexplained_flop_difference_have_no_cause():
+    """A cause's parameters count against components that match too: none of them fits a model whose parameters
+    equal the formula's, and no cause is offered for FLOPs it does not explain."""
+    import lmreport.accounting as acc
+    d = cf.diagnose(CFG, 1, 8, _observed(), acc.forward_flops(CFG, 1, 8) + 12_345)
+    assert d.parameter_difference == 0 and d.flop_difference == 12_345 and not d.conforms
+    assert d.causes == [] and d.alternatives == [] and d.explains_parameters and not d.explains_flops
+
+
+def test_the_planted_causes_explain_its_parameters_but_not_an_extra_flop_difference():
+    """The planted model's parameter causes are still found when its FLOPs differ by something none predicts."""
+    m = _accounting_cell(PLANTED, "cpu", "tiny", 2, 64)
+    d = cf.diagnose(TINY, 2, 64, m["parameters_by_component"], m["forward_flops_counter"] + 1, m["unplaced_parameters"],
+                    m["matrices_by_component"])
+    assert [c.text.split(":")[0] for c in d.causes] == ["tied embeddings", "biases on the Q, K, V and output projections",
+                                                       f"d_ff = 320 instead of {TINY.d_ff}"]
+    assert d.explains_parameters and not d.explains_flops and not d.alternatives
 
 
 # --- records, runs and the writeup -----------------------------------------------------------------------------

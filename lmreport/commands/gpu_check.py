@@ -1,9 +1,11 @@
 """lmreport gpu-check: prove a GPU machine runs every GPU code path, in one command (`make gpu-check`).
 
 Three steps, each a child process under its own timeout, its output in a log under --out:
-1. `lmreport run all --profile gpu-quick` with the worker launcher, the default on a GPU (one process per
-   section keeps the CUDA context and built models; memory snapshots still get a clean process; an OOM
-   is a record, the worker is replaced and the sweep goes on), so the check proves the default path;
+1. `lmreport run all --profile gpu-quick --rerun` with the worker launcher, the default on a GPU (one process
+   per section keeps the CUDA context and built models; memory snapshots still get a clean process; an OOM
+   is a record, the worker is replaced and the sweep goes on), so the check proves the default path; every
+   cell runs again (--rerun), and the summary counts a record that started before the check as not run, so
+   old or copied records never make it pass;
 2. the CUDA tests, `pytest -m cuda` (JUnit XML);
 3. `lmreport render --profile gpu-quick`.
 After each step, `gpu-check.json` under --out says what ran; at the end the table of lmreport/gpu_check.py
@@ -42,7 +44,6 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("build") / "gpu-check",
                    help="logs, JUnit XML, the rendered writeup and the summary (default: build/gpu-check)")
     p.add_argument("--executor", default="worker", help="executor of the run step (default: worker, as `lmreport run` on a GPU)")
-    p.add_argument("--rerun", action="store_true", help="rerun cells that already have an ok record")
     for step, default in (("run", RUN_TIMEOUT_S), ("tests", TESTS_TIMEOUT_S), ("render", RENDER_TIMEOUT_S)):
         p.add_argument(f"--{step}-timeout", type=float, default=default, metavar="S",
                        help=f"seconds for the {step} step (default {default})")
@@ -97,31 +98,36 @@ def main(args) -> int:
     lm = [sys.executable, "-m", "lmreport"]
     plan_flags = ["--profile", PROFILE, "--edition", str(args.edition), "--runs-dir", str(runs)]
     steps = []
+    started = store.now_iso()  # records of this check start at or after it (summarize's `since`)
     steps.append(run_step("run all --profile gpu-quick",
-                          [*lm, "run", "all", *plan_flags, "--executor", args.executor, "--no-progress",
-                           *(["--rerun"] if args.rerun else [])], out / "run.log", args.run_timeout))
-    _save(out, steps)
+                          [*lm, "run", "all", *plan_flags, "--executor", args.executor, "--no-progress", "--rerun"],
+                          out / "run.log", args.run_timeout))
+    _save(out, steps, {"started_at": started})
     junit = out / "cuda-tests.xml"
     junit.unlink(missing_ok=True)
     steps.append(run_step("pytest -m cuda", [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
                                             f"--junitxml={junit}", str(PROJECT_ROOT / "tests")],
                           out / "cuda-tests.log", args.tests_timeout, cwd=PROJECT_ROOT))
-    _save(out, steps)
+    _save(out, steps, {"started_at": started})
     from lmreport.report.pdf import missing_tools
     no_pdf = missing_tools()  # installed from a few wheels without the `pdf` extra: Markdown only
     steps.append(run_step("render" + (f" (Markdown only: no {', '.join(no_pdf)})" if no_pdf else ""),
                           [*lm, "render", *plan_flags, "--out", str(out / "build"), *(["--no-pdf"] if no_pdf else [])],
                           out / "render.log", args.render_timeout))
-    _save(out, steps)
+    _save(out, steps, {"started_at": started})
 
     prof, ed = resolve(PROFILE, args.edition, True)
     plan = Plan(prof, ed)
     planned = {name: [c.name for c in get(name).experiment_module().cells(plan)] for name in all_sections()}
-    records = store.select(store.load_records(runs), ed.year, prof.name) if runs.is_dir() else []
+    # this plan's folder only: runs/ may hold a user model's gpu-quick run (runs/2025-gpu-quick--<model>/) too,
+    # whose cells have the same names
+    run_dir = runs / plan.run
+    records = store.load_records(run_dir) if run_dir.is_dir() else []
     tests = gpu_check.parse_junit(junit) if junit.exists() else None
-    summary = gpu_check.summarize(records, planned, tests, steps)
+    summary = gpu_check.summarize(gpu_check.select_for_check(records, ed.year, prof.name, started), planned, tests,
+                                  steps, since=started)
     text = gpu_check.table(summary)
     (out / "gpu-check.txt").write_text(text + "\n")
-    _save(out, steps, {"rows": summary.rows, "ok": summary.ok})
+    _save(out, steps, {"started_at": started, "rows": summary.rows, "ok": summary.ok})
     print(text)
     return 0 if summary.ok else 1

@@ -124,11 +124,13 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
     """One step's memory (see the module doc) of spec's model (None: lmreport's); checkpoint_every=k runs
     the blocks of lmreport's model in activation checkpoints of k blocks (estimate/checkpointing.py).
 
-    A user's model that fails on fake tensors raises user_model.NotAbstract with the reason."""
+    A bad mode, dtype, step or target raises ValueError; a user's model that fails on fake tensors (with
+    any exception, a ValueError of its own included) raises user_model.NotAbstract with the reason."""
+    _check_arguments(mode, dtype, step, target)
     try:
         return _estimate(cfg, batch, ctx, mode, dtype, step=step, grad=grad, target=target,
                          checkpoint_every=checkpoint_every, spec=spec)
-    except (ValueError, user_model.UserError):
+    except user_model.UserError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code on fake tensors (reading a value, a device of its own)
         if spec is None or spec.is_reference:
@@ -137,8 +139,9 @@ def estimate_memory(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: st
                                      f"{' '.join(str(e).split())[:300]}") from e
 
 
-def _estimate(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str, *, step: str, grad: bool,
-              target: str, checkpoint_every: int | None, spec: user_model.ModelSpec | None) -> MemoryEstimate:
+def _check_arguments(mode: str, dtype: str, step: str, target: str) -> None:
+    """The estimator's own arguments, checked before any model code runs (so a ValueError raised by the user's
+    model on fake tensors is never taken for one of these)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if dtype not in AUTOCAST_DTYPES:
@@ -147,6 +150,10 @@ def _estimate(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str, *, 
         raise ValueError(f"unknown step {step!r}: steady or first")
     if target not in ("cuda", "cpu"):
         raise ValueError(f"unknown target {target!r}: cuda or cpu")
+
+
+def _estimate(cfg: ModelConfig, batch: int, ctx: int, mode: str, dtype: str, *, step: str, grad: bool,
+              target: str, checkpoint_every: int | None, spec: user_model.ModelSpec | None) -> MemoryEstimate:
     t0 = time.perf_counter()
     fm = _fake_model(cfg, ctx, spec)
     model = fm.model

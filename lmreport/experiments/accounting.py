@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmreport import user_model
 from lmreport.conformance import parameters_by_component
-from lmreport.presets import CPU_MODELS
+from lmreport.model import count_parameters
+from lmreport.presets import accounting_table
 from lmreport.runner import Cell, CellSkipped, Plan, cell
 from lmreport.saved_tensors import measure_saved_bytes, saved_by_node
 
@@ -49,8 +50,7 @@ def cells(plan: Plan) -> list[Cell]:
 
 
 def model_config(plan_edition, config: dict):
-    table = {"gpt2": plan_edition.gpt2, "cpu": CPU_MODELS}.get(config["family"], plan_edition.study_models)
-    return table[config["model"]]
+    return accounting_table(plan_edition, config["family"])[config["model"]]
 
 
 def measure(model, ids) -> dict:
@@ -61,7 +61,7 @@ def measure(model, ids) -> dict:
     logits, saved = measure_saved_bytes(lambda: model(ids), model.parameters())
     by_node = saved_by_node(logits, model.parameters())
     return {
-        "parameters_module": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters_module": count_parameters(model),
         "forward_flops_counter": counter.get_total_flops(),
         "saved_activation_bytes": saved.activation_bytes,
         "saved_parameter_bytes": saved.parameter_bytes,

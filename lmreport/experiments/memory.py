@@ -111,7 +111,6 @@ def _estimate_metrics(e) -> dict:
 
 
 def _run_estimated(c: Cell) -> dict:
-    from lmreport.estimate.memory import estimate_memory
     cfg, k = model_config(c), c.config
     spec = spec_of(k)
     main = _estimate_or_skip(spec, cfg, k["batch"], k["ctx"], k["mode"], k["dtype"], step=k.get("step") or "steady",
@@ -119,10 +118,10 @@ def _run_estimated(c: Cell) -> dict:
     metrics = _estimate_metrics(main)
     # the variant a snapshot taken elsewhere often is, so it can be compared like with like
     if k["mode"] == "train":
-        other = estimate_memory(cfg, k["batch"], k["ctx"], "train", k["dtype"], step="first", target="cuda", spec=spec)
+        other = _estimate_or_skip(spec, cfg, k["batch"], k["ctx"], "train", k["dtype"], step="first", target="cuda")
         name = "first_step"
     else:
-        other = estimate_memory(cfg, k["batch"], k["ctx"], "forward", k["dtype"], grad=True, target="cuda", spec=spec)
+        other = _estimate_or_skip(spec, cfg, k["batch"], k["ctx"], "forward", k["dtype"], grad=True, target="cuda")
         name = "with_grad"
     metrics["variants"] = {name: {key: getattr(other, key) for key in
                                   ("peak_bytes", "breakdown", "weight_copies_bytes", "phase_peaks", "peak_phase",

@@ -19,7 +19,7 @@ import jinja2
 from lmreport import store, user_model
 from lmreport.device import PROJECT_ROOT, git_info
 from lmreport.presets import Edition, Profile
-from lmreport.report.context import MissingRecords, SectionView
+from lmreport.report.context import MissingRecords, SectionView, model_facts
 from lmreport.report.filters import FILTERS
 from lmreport.sections import all_sections
 
@@ -137,7 +137,7 @@ def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pd
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = model or user_model.reference()
     loaded = store.load_records(runs_dir)
-    this_plan = [r for r in loaded if not store.other_plans([r], edition.year, profile.name)]
+    this_plan = [r for r in loaded if store.in_plan(r, edition.year, profile.name)]
     mine, other_models = split_by_model(this_plan, spec)
     records = store.select(mine, edition.year, profile.name)
     sections = build_sections(records, edition, profile, out_dir / "figures", spec)
@@ -156,7 +156,5 @@ def render(runs_dir: Path, out_dir: Path, edition: Edition, profile: Profile, pd
         used = [{k: v for k, v in r.items() if k != "_path"} for r in records]
         pdf_path = markdown_to_pdf(md, out_dir / "writeup.pdf", meta,
                                    attachments={"records.json": json.dumps(used, indent=1).encode()})
-    stale = sum(bool(user_model.stale(impl)) for r in records
-                if isinstance(impl := r["config"].get("implementation"), dict))
     return Rendered(md, pdf_path, records, [{k: s[k] for k in ("name", "title", "status")} for s in sections],
-                    store.other_plans(loaded, edition.year, profile.name), other_models, stale)
+                    store.other_plans(loaded, edition.year, profile.name), other_models, model_facts(records)["stale"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lmreport import accounting as acc
 from lmreport import conformance
-from lmreport.presets import CPU_MODELS
+from lmreport.presets import CPU_MODELS, accounting_table
 from lmreport.report.context import SectionView
 from lmreport.sections import Section
 
@@ -54,7 +54,7 @@ def _checks(view: SectionView) -> list[dict]:
     rows = []
     for r in view.ok:
         c, m = r["config"], r["metrics"]
-        cfg = _table(ed, c["family"]).get(c["model"])
+        cfg = accounting_table(ed, c["family"]).get(c["model"])
         if cfg is None:
             continue
         b, t = c["batch"], c["ctx"]
@@ -76,10 +76,6 @@ def _checks(view: SectionView) -> list[dict]:
         row["params_match"] = row["params_formula"] == row["params_module"]
         row["flops_match"] = row["flops_formula"] == row["flops_counter"]
     return rows
-
-
-def _table(ed, family: str) -> dict:
-    return {"gpt2": ed.gpt2, "cpu": CPU_MODELS}.get(family, ed.study_models)
 
 
 def _conformance(view: SectionView, checks: list[dict]) -> dict | None:
