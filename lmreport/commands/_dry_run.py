@@ -20,7 +20,7 @@ def _names(cells: list) -> str:
     return ", ".join(names) + (f", … ({more} more)" if more else "")
 
 
-def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, launcher, rerun: bool = False,
+def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, workers: int = 1, rerun: bool = False,
                out=None) -> int:
     import sys
 
@@ -37,7 +37,6 @@ def print_plan(chosen: dict[str, list], runs_dir: Path, plan, executor: str, lau
         run_now, skipped = runner.cells_to_run(cells, runs_dir, plan.run, rerun, is_ok=is_ok)
         todo[name], cached[name] = [c for c, _ in run_now], len(skipped)
     records = store.select(by_path.values(), plan.edition.year, plan.profile.name)
-    workers = len(getattr(launcher, "slots", ())) or 1
     est = eta.estimate(todo, records, executor, workers=workers)
 
     print(f"dry run (nothing runs, nothing is written): profile {plan.profile.name}, edition {plan.edition.year}, "

@@ -112,7 +112,8 @@ def main(args) -> int:
     if args.dry_run:
         from lmreport.commands._dry_run import print_plan
         chosen = {name: runner.filter_cells(planned[name], filters) for name in names}
-        return print_plan(chosen, args.runs_dir, plan, executor, ex, rerun=args.rerun)
+        return print_plan(chosen, args.runs_dir, plan, executor, len(getattr(ex, "slots", ())) or 1,  # parallel workers
+                          rerun=args.rerun)
     failed = 0
     per_section: dict[str, Counter] = {}
     for name in names:
