@@ -7,8 +7,9 @@ experiment's; a launcher only decides in which process a cell runs and when:
 - subprocess  (process.py)     one fresh Python process per cell;
 - worker      (worker.py)      one long-lived process per section that runs its cells one after
                                another, keeping the CUDA context and built models; cells that must
-                               start clean (`Cell.fresh_process`) still get a process of their own;
-- local-gpus  (local_gpus.py)  one process per cell, one cell per visible GPU at a time;
+                               start clean (`Cell.fresh_process`) still get a process of their own,
+                               forked from a server that has imported torch (forked.py);
+- local-gpus  (local_gpus.py)  one process per cell (forked likewise), one cell per visible GPU at a time;
 - slurm       (slurm.py)       a job array per section through submitit.
 
 Every launcher ends in `runner.execute_cell` in some process, which writes the cell's record,

@@ -1,8 +1,9 @@
 """`--executor local-gpus`: one worker process per visible GPU, cells spread over them.
 
-Each worker is the subprocess launcher's child (`python -m lmreport.runner CELL RECORD`, see
-process.WorkerProcess) started with CUDA_VISIBLE_DEVICES set to one GPU, so the cell sees that
-GPU as `cuda:0` and no other. Two cells never share a GPU: timings and memory peaks stay those
+Each worker is a fresh process with CUDA_VISIBLE_DEVICES set to one GPU, so the cell sees that
+GPU as `cuda:0` and no other: a child forked from the fork server of forked.py, which sets the
+variable before CUDA initialises (LMREPORT_FRESH_PROCESS=exec: the subprocess launcher's child,
+`python -m lmreport.runner CELL RECORD`, see process.WorkerProcess). Two cells never share a GPU: timings and memory peaks stay those
 of a lone cell. The record's environment keeps CUDA_VISIBLE_DEVICES, so the report can tell
 which of the host's GPUs produced a number.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from lmreport.errors import UserError
 from lmreport.launchers import Finished, Launcher
+from lmreport.launchers import forked
 from lmreport.launchers.process import WorkerProcess
 from lmreport.runner import Cell
 
@@ -78,7 +80,7 @@ class LocalGpusLauncher(Launcher):
                 while pending and free:
                     c, path = pending.popleft()
                     gpu = free.pop(0)
-                    running.append((WorkerProcess(c, path, env=self._env(gpu), launcher=self.name), gpu, time.monotonic()))
+                    running.append((forked.start(c, path, env=self._env(gpu), launcher=self.name), gpu, time.monotonic()))
                 for item in list(running):
                     worker, gpu, t0 = item
                     if worker.done():

@@ -4,7 +4,8 @@ The child is `python -m lmreport.runner CELL_JSON RECORD_PATH [LAUNCH_JSON]` (ru
 its output in `worker.log` beside the record. The child writes the record itself; if it dies
 first (killed, segfault, timeout), `WorkerProcess.finish` records that as `error` (or `oom` when
 the log says so) with the log's path. The local-gpus launcher and the worker launcher's
-fresh-process cells start their children the same way.
+fresh-process cells start their children from a fork server instead (forked.py), unless
+LMREPORT_FRESH_PROCESS=exec asks for this one.
 """
 
 from __future__ import annotations
@@ -85,9 +86,13 @@ class WorkerProcess:
         self.started = store.now_iso()
         self.launch = {"launcher": launcher, "launched_at": time.time()}
         self._out = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmreport.runner", c.to_json(), str(self.record_file),
-                                      json.dumps(self.launch)],
-                                     stdout=self._out, stderr=subprocess.STDOUT, env=env)
+        self.proc = self._start()
+
+    def _start(self):
+        """Start the child; returns its handle (subprocess.Popen's poll, wait, kill and returncode are used)."""
+        return subprocess.Popen([sys.executable, "-m", "lmreport.runner", self.cell.to_json(), str(self.record_file),
+                                 json.dumps(self.launch)],
+                                stdout=self._out, stderr=subprocess.STDOUT, env=self.env)
 
     def done(self) -> bool:
         return self.proc.poll() is not None
@@ -128,7 +133,11 @@ class SubprocessLauncher(Launcher):
 
 def run_in_fresh_process(c: Cell, record_file: Path, timeout_s: float | None = None, env: dict | None = None,
                          launcher: str = "subprocess") -> dict:
-    worker = WorkerProcess(c, record_file, env=env, launcher=launcher)
+    return wait_for_record(WorkerProcess(c, record_file, env=env, launcher=launcher), timeout_s)
+
+
+def wait_for_record(worker: WorkerProcess, timeout_s: float | None = None) -> dict:
+    """The record of a started cell, once its process has ended (killed after timeout_s)."""
     try:
         code = worker.wait(timeout_s)
     except BaseException:  # Ctrl-C or SIGTERM: the cell was not finished, so no record

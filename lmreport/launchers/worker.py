@@ -10,8 +10,10 @@ clean process where that matters:
 - every cell still runs through runner.execute_cell, which writes its record as in any process;
   each cell's stdout/stderr go to its own `worker.log` beside the record (removed when empty);
 - cells marked `fresh_process` (CUDA memory snapshots, the cold-start ablation) run in a fresh
-  process of their own, as with `--executor subprocess`, after the section's other cells, once the
-  worker has exited (so nothing else holds the device, and one worker serves the whole section);
+  process of their own, after the section's other cells, once the worker has exited (so nothing
+  else holds the device, and one worker serves the whole section): a child forked from a server
+  that has imported torch but never initialised CUDA (forked.py), or with LMREPORT_FRESH_PROCESS=exec
+  a new interpreter as with `--executor subprocess`;
 - each cell starts with Dynamo's caches empty (compiled code is never shared between cells,
   as between fresh processes);
 - a worker retires after a cell that ran out of memory on CUDA (its caching allocator's
@@ -42,8 +44,8 @@ from pathlib import Path
 
 from lmreport import store
 from lmreport.launchers import Finished, Launcher
-from lmreport.launchers.process import (cell_log, lost_cell_environment, mtime_ns, record_lost_cell,
-                                        run_in_fresh_process)
+from lmreport.launchers.forked import run_in_forked_process
+from lmreport.launchers.process import cell_log, lost_cell_environment, mtime_ns, record_lost_cell
 from lmreport.runner import Cell, missing_requirement
 
 # Errors after which a CUDA context may be unusable (CUDA's sticky errors: an illegal address or a
@@ -166,7 +168,7 @@ class WorkerLauncher(Launcher):
             # process (after the section's other cells, so that e.g. bench's matmul rate is recorded first).
             for c, path in fresh:
                 self.stats["fresh processes"] += 1
-                finished(c, run_in_fresh_process(c, path, self.timeout_s, self.env, launcher=self.name))
+                finished(c, run_in_forked_process(c, path, self.timeout_s, self.env, launcher=self.name))
         except BaseException:  # Ctrl-C or SIGTERM: the running cell writes nothing
             if worker is not None:
                 worker.kill()
