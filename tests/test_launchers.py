@@ -181,9 +181,19 @@ FAKE_SECTION = textwrap.dedent("""
             os._exit(3)
         if do == "poison":
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if do == "segv":
+            import signal
+            os.kill(os.getpid(), signal.SIGSEGV)
         if do == "sleep":
-            Path(c.config["marker"]).write_text(str(os.getpid()))
+            Path(c.config["marker"]).write_text(f"{os.getpid()} {os.getppid()}")
             time.sleep(60)
+        if do == "probe":  # what a fresh cell finds in its process
+            import torch
+            x = torch.randn(256, 256)
+            (x @ x).sum().item()  # a parallel op: it would hang on an intra-op pool inherited by fork
+            return {"metrics": {"pid": os.getpid(), "ppid": os.getppid(), "env": dict(os.environ),
+                                "torch_threads": torch.get_num_threads(),
+                                "cuda_initialized": torch.cuda.is_initialized() or torch.cuda._initialized}}
         if do == "compile":  # what Dynamo holds for a function compiled by an earlier cell of this process
             import torch
             from torch._dynamo.eval_frame import _debug_get_cache_entry_list
@@ -275,7 +285,7 @@ def test_a_killed_sweep_stops_its_worker_and_resumes(tmp_path, sig):
     while not marker.exists() or not marker.read_text():
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
-    worker_pid = int(marker.read_text())
+    worker_pid = int(marker.read_text().split()[0])
     proc.send_signal(sig)
     proc.wait(timeout=60)
     with pytest.raises(ProcessLookupError):  # the worker went with the sweep

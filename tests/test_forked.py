@@ -1,0 +1,271 @@
+"""Fresh-process cells forked from the fork server: the records of a new interpreter, its failures, its environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing.forkserver
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from test_launchers import PLAN, comparable, fake_env
+
+from lmreport import runner, store
+from lmreport.errors import UserError
+from lmreport.launchers import forked
+from lmreport.launchers.worker import WorkerLauncher
+
+
+@pytest.fixture
+def fresh_server(monkeypatch):
+    """No fork server running and forked.py's state as in a new process, before and after (another
+    test's server may have started with another environment)."""
+    def reset():
+        multiprocessing.forkserver._forkserver._stop()  # "Method used by unit tests to stop the server"
+        forked._server_env, forked._off = None, None
+        forked._said.clear()
+    reset()
+    monkeypatch.delenv(forked.MODE_VARIABLE, raising=False)
+    yield
+    reset()
+
+
+def cold_start_cell() -> runner.Cell:
+    from lmreport.experiments import bench
+    prof = dataclasses.replace(PLAN.profile, sizes=("tiny",), contexts=(16,), warmup_steps=1, measure_steps=1,
+                               bench_dtypes=("fp32",), warmup_ablation=(0,), compile_sizes=())
+    return next(c for c in bench.cells(runner.Plan(prof, PLAN.edition)) if c.fresh_process)
+
+
+def test_a_forked_fresh_cell_writes_the_record_a_new_interpreter_writes(tmp_path, monkeypatch, fresh_server):
+    c = cold_start_cell()
+    forks = []
+
+    class Counted(forked.ForkedProcess):
+        def _start(self):
+            forks.append(self.cell.name)
+            return super()._start()
+
+    monkeypatch.setattr(forked, "ForkedProcess", Counted)
+    records = {}
+    for how in ("exec", "fork"):
+        monkeypatch.setenv(forked.MODE_VARIABLE, how)
+        res = runner.run_sweep([c], tmp_path / how, PLAN.run, executor=WorkerLauncher(), progress=False)
+        assert res.counts == {"ok": 1}, how
+        records[how] = store.read_record(store.record_path(tmp_path / how, PLAN.run, c.section, c.name))
+        assert forks == ([] if how == "exec" else [c.name])
+    exec_, fork = records["exec"], records["fork"]
+    assert {k: v for k, v in comparable(fork).items() if k != "metrics"} == \
+           {k: v for k, v in comparable(exec_).items() if k != "metrics"}
+    assert fork["metrics"].keys() == exec_["metrics"].keys()
+    assert fork["metrics"]["first_cell_in_process"] is exec_["metrics"]["first_cell_in_process"] is True
+    for r in (exec_, fork):
+        assert r["launcher"] == "worker" and r["wall_s"] >= r["duration_s"] > 0 and r["timed_s"] > 0
+
+
+def test_which_environment_forks(monkeypatch, fresh_server):
+    assert forked.why_not_fork() is None and forked.why_not_fork(dict(os.environ)) is None
+    # CUDA reads CUDA_VISIBLE_DEVICES when it initialises, after the fork: local-gpus gives each child its GPU so.
+    assert forked.why_not_fork({**os.environ, "CUDA_VISIBLE_DEVICES": "3"}) is None
+    # Anything else was read by the server already (at start, at import): a new interpreter, saying which.
+    why = forked.why_not_fork({**os.environ, "PYTHONPATH": "elsewhere", "OMP_NUM_THREADS": "1"})
+    assert why == "their environment differs from the fork server's in OMP_NUM_THREADS, PYTHONPATH"
+    assert "HOME" in forked.why_not_fork({k: v for k, v in os.environ.items() if k != "HOME"})
+    monkeypatch.setenv(forked.MODE_VARIABLE, "exec")
+    assert forked.why_not_fork() == "LMREPORT_FRESH_PROCESS=exec"
+    monkeypatch.setenv(forked.MODE_VARIABLE, "spawn")
+    with pytest.raises(UserError, match="LMREPORT_FRESH_PROCESS='spawn': expected 'fork'"):
+        forked.why_not_fork()
+
+
+def test_unclean_state_is_seen(monkeypatch):
+    import torch
+    assert forked.unclean_state() is None  # this process never initialised CUDA (a CPU test run)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert forked.unclean_state() == "CUDA is initialised"
+    monkeypatch.setattr(torch._C, "_cuda_isInBadFork", lambda: True, raising=False)
+    assert forked.unclean_state() == "forked from a process that had initialised CUDA"
+
+
+PRELOAD_PROBE = textwrap.dedent("""
+    import importlib, sys
+    from lmreport.launchers import forked
+    for name in forked.PRELOAD[:2]:  # the setup module, then torch
+        importlib.import_module(name)
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    touched = []
+    def refuse(what):
+        def call(*args, **kwargs):
+            touched.append(what)
+            raise RuntimeError(what)
+        return call
+    for what in ("_lazy_init", "is_available", "device_count", "init"):
+        setattr(torch.cuda, what, refuse(f"torch.cuda.{what}"))
+    for what in ("_cuda_getDeviceCount", "_cuda_init", "get_num_threads", "set_num_threads", "get_num_interop_threads"):
+        if hasattr(torch._C, what):
+            setattr(torch._C, what, refuse(f"torch._C.{what}"))
+    for what in ("get_num_threads", "set_num_threads", "get_num_interop_threads", "set_num_interop_threads"):
+        setattr(torch, what, refuse(f"torch.{what}"))
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            touched.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Ops():
+        for name in forked.PRELOAD[2:]:
+            importlib.import_module(name)
+    print(forked.os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"), touched)
+""")
+
+
+def test_preloading_touches_no_cuda_and_runs_no_torch_op():
+    """What the server imports asks nothing of CUDA and runs no torch op (no intra-op thread pool started)."""
+    out = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "[]"]
+
+
+def test_every_section_with_fresh_cells_is_preloaded():
+    from lmreport.presets import resolve
+    from lmreport.sections import all_sections
+    fresh = set()
+    for edition in (2025, 2026):
+        plan = runner.Plan(*resolve(f"handout-{edition}", edition, False))
+        for name, section in all_sections().items():
+            module = section.experiment_module()
+            if hasattr(module, "cells") and any(c.fresh_process for c in module.cells(plan)):
+                fresh.add(module.__name__)
+    assert fresh == {"lmreport.experiments.bench", "lmreport.experiments.memory"}
+    assert fresh <= set(forked.PRELOAD)
+
+
+# Runs fresh cells of the fake section (test_launchers.FAKE_SECTION) through run_in_forked_process; the
+# fork server it starts has the fake section too (its PYTHONPATH). Prints what each cell's record says.
+DRIVER = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from lmreport import runner, store
+    from lmreport.launchers import forked
+    from lmreport.presets import resolve
+
+    def main(runs, marker, *names):
+        plan = runner.Plan(*resolve("cpu", 2025, False))
+        env = dict(os.environ)
+        cells = {"probe": ("probe", None, None), "gpu7": ("probe", {**env, "CUDA_VISIBLE_DEVICES": "7"}, None),
+                 "die": ("die", None, None), "segv": ("segv", None, None), "slow": ("sleep", None, 3)}
+        out = {"pid": os.getpid(), "env": env}
+        for name in names:
+            do, cell_env, timeout_s = cells[name]
+            c = runner.cell(plan, "fake", name, fresh_process=True, do=do, marker=marker)
+            path = store.record_path(runs, plan.run, "fake", name)
+            out[name] = forked.run_in_forked_process(c, path, timeout_s, cell_env, "worker")
+            out[name]["log"] = (store.artifacts_dir(path) / "worker.log").read_text()
+        out["why_not_fork"] = forked.why_not_fork()
+        print(json.dumps(out))
+
+    if __name__ == "__main__":  # a forked child imports this script again (as __mp_main__)
+        main(Path(sys.argv[1]), *sys.argv[2:])
+""")
+
+
+def drive(tmp_path, *names, env=None):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "runs"), str(tmp_path / "marker"), *names],
+                         env=env or fake_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1]), out.stderr
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+def test_forked_children_run_clean_with_their_own_environment_and_fail_as_processes_do(tmp_path):
+    out, err = drive(tmp_path, "probe", "gpu7", "die", "segv", "slow")
+    probe, gpu7 = out["probe"], out["gpu7"]
+    assert probe["status"] == gpu7["status"] == "ok" and out["why_not_fork"] is None and "new interpreter" not in err
+    server = probe["metrics"]["ppid"]
+    assert server != out["pid"] and gpu7["metrics"]["ppid"] == server  # forked, both from the one server
+    assert probe["metrics"]["pid"] != gpu7["metrics"]["pid"]
+    assert probe["metrics"]["cuda_initialized"] is False
+    fresh_threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    assert probe["metrics"]["torch_threads"] == int(fresh_threads)
+    # Exactly the cell's environment: the server's PYTORCH_NVML_BASED_CUDA_CHECK is not passed on.
+    assert probe["metrics"]["env"] == out["env"]
+    assert gpu7["metrics"]["env"] == {**out["env"], "CUDA_VISIBLE_DEVICES": "7"}
+    assert gpu7["environment"]["cuda_visible_devices"] == "7"
+    assert probe["launcher"] == "worker" and probe["log"].startswith("cell probe in")
+    # Deaths and timeouts are recorded as a new interpreter's are, naming the log.
+    die, segv, slow = out["die"], out["segv"], out["slow"]
+    log = store.artifacts_dir(store.record_path(tmp_path / "runs", PLAN.run, "fake", "die")) / "worker.log"
+    assert die["status"] == "error" and die["error"] == f"worker exited with 3 before writing a record; log: {log}"
+    assert die["log"].startswith("cell die in") and die["artifacts"] == {"log": "worker.log"}
+    assert segv["status"] == "error" and segv["error"].startswith("worker exited with -11 before writing a record")
+    assert slow["status"] == "error" and slow["error"].startswith("worker exited with timeout before writing")
+    assert 3 <= slow["wall_s"] < 30
+    assert gone(int((tmp_path / "marker").read_text().split()[0]))
+
+
+UNCLEAN_SITE = "import torch\ntorch.cuda.is_initialized = lambda: True  # as if the server had initialised CUDA\n"
+
+
+def test_an_unclean_fork_runs_its_cell_in_a_new_interpreter_and_stops_forking(tmp_path):
+    env = fake_env(tmp_path)
+    site = tmp_path / "site" / "sitecustomize.py"
+    site.write_text(site.read_text() + UNCLEAN_SITE)
+    out, err = drive(tmp_path, "probe", env=env)
+    probe = out["probe"]
+    assert probe["status"] == "ok" and probe["log"].startswith(forked.UNCLEAN + "CUDA is initialised\n")
+    assert "cell probe in" in probe["log"]  # the new interpreter (same process, its exec) ran the cell
+    assert probe["metrics"]["env"] == out["env"]
+    assert out["why_not_fork"] == "a forked child was not clean (CUDA is initialised)"
+    assert err.count("lmreport: fresh-process cells run in a new interpreter: a forked child was not clean") == 1
+
+
+SWEEP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from lmreport import runner
+    from lmreport.launchers.worker import WorkerLauncher
+    from lmreport.presets import resolve
+
+    if __name__ == "__main__":
+        plan = runner.Plan(*resolve("cpu", 2025, False))
+        c = runner.cell(plan, "fake", "slow", fresh_process=True, do="sleep", marker=sys.argv[2])
+        runner.run_sweep([c], Path(sys.argv[1]), plan.run, executor=WorkerLauncher(), progress=False)
+""")
+
+
+def test_ctrl_c_kills_a_forked_cell_and_writes_no_record(tmp_path):
+    script, marker, runs = tmp_path / "sweep.py", tmp_path / "started", tmp_path / "runs"
+    script.write_text(SWEEP)
+    proc = subprocess.Popen([sys.executable, str(script), str(runs), str(marker)], env=fake_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists() or not marker.read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    child, server = map(int, marker.read_text().split())
+    assert server != proc.pid  # forked from the server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) != 0
+    assert gone(child)
+    assert not list((runs / PLAN.run / "fake").glob("*.json"))
+    deadline = time.time() + 30
+    while not gone(server):  # the server ends with the process that started it
+        assert time.time() < deadline
+        time.sleep(0.1)
