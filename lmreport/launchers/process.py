@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from lmreport import store
 from lmreport.launchers import Launcher
@@ -41,13 +42,16 @@ def mtime_ns(path: Path) -> int | None:
 
 
 def record_lost_cell(c: Cell, record_file: Path, before_mtime_ns: int | None, why: str, log: Path,
-                     environment: dict, started_at: str, launch: dict) -> dict:
+                     environment: dict | Callable[[], dict], started_at: str, launch: dict) -> dict:
     """The cell's record after its process ended: the one the child wrote, if it wrote one (a
     record with another mtime than before the launch; no clock comparison), else an `error` (or
-    `oom` when the log says so) record naming why and the log."""
+    `oom` when the log says so) record naming why and the log, with `environment` (or what it
+    returns: lost_cell_environment's git and device look-ups cost about a second the first time,
+    so a launcher whose children mostly write their records passes it uncalled)."""
     record_file = Path(record_file)
     if mtime_ns(record_file) not in (None, before_mtime_ns):
         return store.read_record(record_file)
+    environment = environment() if callable(environment) else environment
     status = "oom" if log_mentions_oom(log) else "error"
     wall_s = time.time() - launch["launched_at"] if launch.get("launched_at") else None
     record = store.make_record(c.section, c.name, c.config, environment, status,
@@ -115,7 +119,7 @@ class WorkerProcess:
         self._out.close()
         code = self.proc.returncode if code is None else code
         return record_lost_cell(self.cell, self.record_file, self.before, f"worker exited with {code}", self.log,
-                                lost_cell_environment(self.env), self.started, self.launch)
+                                lambda: lost_cell_environment(self.env), self.started, self.launch)
 
 
 class SubprocessLauncher(Launcher):
