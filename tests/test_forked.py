@@ -35,11 +35,16 @@ def fresh_server(monkeypatch):
     reset()
 
 
-def cold_start_cell() -> runner.Cell:
+def cold_start_cells(device: str = "cpu") -> list[runner.Cell]:
+    """The bench section's cells without warm-up (tiny, context 16, one measured step; forward first)."""
     from lmreport.experiments import bench
-    prof = dataclasses.replace(PLAN.profile, sizes=("tiny",), contexts=(16,), warmup_steps=1, measure_steps=1,
-                               bench_dtypes=("fp32",), warmup_ablation=(0,), compile_sizes=())
-    return next(c for c in bench.cells(runner.Plan(prof, PLAN.edition)) if c.fresh_process)
+    prof = dataclasses.replace(PLAN.profile, device=device, sizes=("tiny",), contexts=(16,), warmup_steps=1,
+                               measure_steps=1, bench_dtypes=("fp32",), warmup_ablation=(0,), compile_sizes=())
+    return [c for c in bench.cells(runner.Plan(prof, PLAN.edition)) if c.fresh_process]
+
+
+def cold_start_cell() -> runner.Cell:
+    return cold_start_cells()[0]
 
 
 def test_a_forked_fresh_cell_writes_the_record_a_new_interpreter_writes(tmp_path, monkeypatch, fresh_server):
@@ -201,6 +206,7 @@ def test_forked_children_run_clean_with_their_own_environment_and_fail_as_proces
     assert server != out["pid"] and gpu7["metrics"]["ppid"] == server  # forked, both from the one server
     assert probe["metrics"]["pid"] != gpu7["metrics"]["pid"]
     assert probe["metrics"]["cuda_initialized"] is False
+    assert probe["metrics"]["frozen_objects"] > 100_000  # the server's imports, frozen before the fork (gc.freeze)
     fresh_threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                    capture_output=True, text=True, check=True).stdout.strip()
     assert probe["metrics"]["torch_threads"] == int(fresh_threads)
@@ -269,3 +275,19 @@ def test_ctrl_c_kills_a_forked_cell_and_writes_no_record(tmp_path):
     while not gone(server):  # the server ends with the process that started it
         assert time.time() < deadline
         time.sleep(0.1)
+
+
+@pytest.mark.cuda
+def test_forked_cold_starts_on_a_gpu(tmp_path, fresh_server):
+    """On CUDA: cold-start cells forked from the server initialise CUDA themselves and measure as first cells."""
+    cells = cold_start_cells("cuda")
+    assert len(cells) >= 2 and all(c.requires == "cuda" and c.fresh_process for c in cells)
+    res = runner.run_sweep(cells, tmp_path, PLAN.run, executor=WorkerLauncher(), progress=False)
+    assert res.counts == {"ok": len(cells)}
+    for c in cells:
+        path = store.record_path(tmp_path, PLAN.run, c.section, c.name)
+        r = store.read_record(path)
+        assert r["environment"]["device_type"] == "cuda" and r["metrics"]["first_cell_in_process"] is True
+        log = store.artifacts_dir(path) / "worker.log"
+        assert not log.exists() or not log.read_text().startswith(forked.UNCLEAN)
+    assert forked._server_env is not None and forked.why_not_fork() is None  # forked, and still forking

@@ -191,7 +191,9 @@ FAKE_SECTION = textwrap.dedent("""
             import torch
             x = torch.randn(256, 256)
             (x @ x).sum().item()  # a parallel op: it would hang on an intra-op pool inherited by fork
+            import gc
             return {"metrics": {"pid": os.getpid(), "ppid": os.getppid(), "env": dict(os.environ),
+                                "frozen_objects": gc.get_freeze_count(),
                                 "torch_threads": torch.get_num_threads(),
                                 "cuda_initialized": torch.cuda.is_initialized() or torch.cuda._initialized}}
         if do == "compile":  # what Dynamo holds for a function compiled by an earlier cell of this process
