@@ -17,9 +17,11 @@ A cell's time is its work plus what launching it costs:
   datasheet peak (peaks.py) of the GPU the records name, of the GPU here, or of an assumed one;
   the MFU is the median `mfu` of this run's step records of that precision and the same size and
   mode (else the size, else all sizes: small models reach a smaller MFU), else an assumed one;
-- launching: a fresh process pays its start (Python, `import torch`) and, for a CUDA cell, the
-  CUDA set-up (context, cuBLAS, first kernels); inline pays nothing per cell, a worker once per
-  section and once per fresh-process cell, the others once per cell. A record of a process's
+- launching: a fresh process pays its start (Python, `import torch`; a fraction of it when forked
+  from the fork server, which starts once per run) and, for a CUDA cell, the CUDA set-up (context,
+  cuBLAS, first kernels); inline pays nothing per cell, a worker once per section and once per
+  fresh-process cell (forked), local-gpus once per cell (forked), the others once per cell (a new
+  interpreter each). A record of a process's
   first CUDA cell holds that set-up in its `duration_s`; it is taken out of the cell's work there,
   so that it counts once (record_work_s).
 
@@ -51,6 +53,12 @@ ASSUMED_CPU_TFLOPS = {"fp32": 0.2, "bf16": 0.4}
 # benchmarks/bench_launch_overhead.py on this project's 2-core CPU machine (README "Launch overhead"); a
 # GPU host's faster CPU pays less.
 PROCESS_START_S = 5.6
+# A fresh process forked from launchers/forked.py's server instead (the worker's fresh-process cells and
+# local-gpus' cells, unless LMREPORT_FRESH_PROCESS=exec): from launch to record, less the timed steps, a
+# cell after the first took 0.13-0.16 s, the first, which started the server, 1.95-2.2 s
+# (benchmarks/bench_fresh_cells.py on the same machine, README "Launch overhead"). The server starts once per run.
+FORKED_PROCESS_S = 0.15
+FORK_SERVER_START_S = 2.0
 # The first CUDA work of a process: context, cuBLAS handle, lazily loaded kernels. H200 records
 # (../shared/samples/h200): small-ctx512-forward-fp32, the first cell of its process, took 5.8 s
 # against 0.55 s for its bf16 twin; small-ctx128-forward-fp32-warmup0 5.1 s against 0.31 s (warmup1).
@@ -106,11 +114,17 @@ def _launched(cells: dict[str, list[CellEstimate]], launcher: str, workers: int,
     """The estimate of cells whose work is estimated, with what launching them costs."""
     est = Estimate(cells, launcher=launcher, workers=workers, notes=list(notes))
     cuda_set_up = False
+    forks = forks_fresh_processes(launcher)
+    server_started = False
     for section, out in cells.items():
-        est.processes[section], launch_s = launch_cost(out, launcher)
+        est.processes[section], launch_s = launch_cost(out, launcher, forks)
         if launcher == "inline" and not cuda_set_up and any(c.cuda for c in out):
             launch_s += CUDA_SETUP_S  # this process's first CUDA cell
             cuda_set_up = True
+        forked_here = out if launcher == "local-gpus" else [c for c in out if c.fresh_process]
+        if forks and forked_here and not server_started:
+            launch_s += FORK_SERVER_START_S  # this run's first forked process starts the server
+            server_started = True
         est.launch_s[section] = launch_s / est.parallel  # cells spread over the GPUs: the wall time divides
     return est
 
@@ -315,8 +329,10 @@ def estimate(todo: dict[str, list], records: list[dict], launcher: str, workers:
         est.notes.append(f"per cell {PER_CELL_S:g} s in-cell set-up; torch.compile {COMPILE_S:g} s, nsys "
                          f"{NSYS_S:g} s per cell (assumed)")
     slurm = "; Slurm queue time not included" if launcher == "slurm" else ""
-    est.notes.append(f"launch: {PROCESS_START_S:g} s per fresh process (measured on a 2-core CPU), {CUDA_SETUP_S:g} s "
-                     f"CUDA set-up in its first CUDA cell (H200 records){slurm}")
+    forked = (f", {FORKED_PROCESS_S:g} s per process forked from the fork server and {FORK_SERVER_START_S:g} s for its "
+              f"start" if forks_fresh_processes(launcher) else "")
+    est.notes.append(f"launch: {PROCESS_START_S:g} s per new interpreter{forked} (measured on a 2-core CPU), "
+                     f"{CUDA_SETUP_S:g} s CUDA set-up in its first CUDA cell (H200 records){slurm}")
     return est
 
 
@@ -336,15 +352,23 @@ def _profiler_note(cells: list, nsys_on_path: bool) -> str | None:
     return text
 
 
-def launch_cost(cells: list[CellEstimate], launcher: str) -> tuple[int, float]:
-    """(fresh processes started, their seconds) for one section's cells under `launcher`."""
-    def process_s(cuda: bool) -> float:
-        return PROCESS_START_S + (CUDA_SETUP_S if cuda else 0.0)
+def forks_fresh_processes(launcher: str) -> bool:
+    """Whether `launcher`'s fresh processes are forked from the fork server (launchers/forked.py)."""
+    from lmreport.launchers.forked import mode
+    return launcher in ("worker", "local-gpus") and mode() == "fork"
+
+
+def launch_cost(cells: list[CellEstimate], launcher: str, forks: bool = False) -> tuple[int, float]:
+    """(fresh processes started, their seconds) for one section's cells under `launcher`; `forks`: its
+    fresh processes are forked from the fork server (the server's start is counted once per run, by _launched)."""
+    def process_s(cuda: bool, forked: bool = False) -> float:
+        return (FORKED_PROCESS_S if forked else PROCESS_START_S) + (CUDA_SETUP_S if cuda else 0.0)
     if not cells or launcher == "inline":
         return 0, 0.0
     if launcher == "worker":
         fresh = [c for c in cells if c.fresh_process]
         shared = [c for c in cells if not c.fresh_process]
         n = len(fresh) + (1 if shared else 0)  # one worker per section (more only after an OOM/CUDA error)
-        return n, sum(process_s(c.cuda) for c in fresh) + (process_s(any(c.cuda for c in shared)) if shared else 0.0)
-    return len(cells), sum(process_s(c.cuda) for c in cells)
+        return n, (sum(process_s(c.cuda, forks) for c in fresh)
+                   + (process_s(any(c.cuda for c in shared)) if shared else 0.0))
+    return len(cells), sum(process_s(c.cuda, forks) for c in cells)

@@ -223,11 +223,17 @@ def test_handout_estimate_on_a_machine_without_a_gpu_says_what_it_assumes(monkey
     monkeypatch.setattr("lmreport.device.cuda_available", lambda: False)
     from lmreport.experiments import memory
     cells = memory.cells(HANDOUT)
+    monkeypatch.delenv("LMREPORT_FRESH_PROCESS", raising=False)
     est = eta.estimate({"memory": cells}, [], "worker")
     fresh = [c for c in cells if c.fresh_process]
     assert est.processes["memory"] == len(fresh) + 1
-    assert est.launch_s["memory"] == pytest.approx(len(fresh) * (eta.PROCESS_START_S + eta.CUDA_SETUP_S)
-                                                   + eta.PROCESS_START_S)  # the worker's cells here need no CUDA
+    # The fresh-process cells are forked from the fork server, which starts once; the worker's cells need no CUDA.
+    assert est.launch_s["memory"] == pytest.approx(len(fresh) * (eta.FORKED_PROCESS_S + eta.CUDA_SETUP_S)
+                                                   + eta.FORK_SERVER_START_S + eta.PROCESS_START_S)
+    monkeypatch.setenv("LMREPORT_FRESH_PROCESS", "exec")  # a new interpreter each
+    assert eta.estimate({"memory": cells}, [], "worker").launch_s["memory"] == pytest.approx(
+        len(fresh) * (eta.PROCESS_START_S + eta.CUDA_SETUP_S) + eta.PROCESS_START_S)
+    monkeypatch.delenv("LMREPORT_FRESH_PROCESS")
     assert any(f"{eta.ASSUMED_GPU} (assumed: no GPU here and no CUDA record in this run)" in n for n in est.notes)
     named = eta.estimate({"memory": cells}, [], "worker", gpu_name="NVIDIA A100-SXM4-80GB")
     assert any("A100" in n and "given" in n for n in named.notes)

@@ -291,3 +291,12 @@ def test_forked_cold_starts_on_a_gpu(tmp_path, fresh_server):
         log = store.artifacts_dir(path) / "worker.log"
         assert not log.exists() or not log.read_text().startswith(forked.UNCLEAN)
     assert forked._server_env is not None and forked.why_not_fork() is None  # forked, and still forking
+
+
+def test_a_bad_mode_is_refused_before_any_cell_runs(tmp_path, monkeypatch):
+    from test_launchers import precision_cells
+    monkeypatch.setenv(forked.MODE_VARIABLE, "spawn")
+    cells = [*precision_cells("accumulation"), cold_start_cell()]
+    with pytest.raises(UserError, match="LMREPORT_FRESH_PROCESS='spawn'"):
+        runner.run_sweep(cells, tmp_path, PLAN.run, executor=WorkerLauncher(), progress=False)
+    assert not list(tmp_path.rglob("*.json"))

@@ -72,6 +72,7 @@ class LocalGpusLauncher(Launcher):
         return {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
 
     def run_many(self, todo: list[tuple[Cell, Path]], finished: Finished) -> Counter:
+        forked.mode()  # a bad LMREPORT_FRESH_PROCESS is refused before any cell runs
         pending = deque(todo)
         free = list(self.slots)
         running: list[tuple[WorkerProcess, str | None, float]] = []

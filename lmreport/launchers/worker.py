@@ -44,7 +44,7 @@ from pathlib import Path
 
 from lmreport import store
 from lmreport.launchers import Finished, Launcher
-from lmreport.launchers.forked import run_in_forked_process
+from lmreport.launchers import forked
 from lmreport.launchers.process import cell_log, lost_cell_environment, mtime_ns, record_lost_cell
 from lmreport.runner import Cell, missing_requirement
 
@@ -143,6 +143,8 @@ class WorkerLauncher(Launcher):
         alone = [c.fresh_process and missing_requirement(c.requires) is None for c, _ in todo]
         fresh = [item for item, a in zip(todo, alone) if a]
         shared = [item for item, a in zip(todo, alone) if not a]
+        if fresh:
+            forked.mode()  # a bad LMREPORT_FRESH_PROCESS is refused before any cell runs
         try:
             for c, path in shared:
                 retried = False
@@ -168,7 +170,7 @@ class WorkerLauncher(Launcher):
             # process (after the section's other cells, so that e.g. bench's matmul rate is recorded first).
             for c, path in fresh:
                 self.stats["fresh processes"] += 1
-                finished(c, run_in_forked_process(c, path, self.timeout_s, self.env, launcher=self.name))
+                finished(c, forked.run_in_forked_process(c, path, self.timeout_s, self.env, launcher=self.name))
         except BaseException:  # Ctrl-C or SIGTERM: the running cell writes nothing
             if worker is not None:
                 worker.kill()
