@@ -7,16 +7,22 @@ cached model, no earlier cell in its process. It needs no new interpreter, whose
 forked from a server that imported torch and the lmreport modules a cell imports (PRELOAD), and
 then did nothing: it never initialised CUDA and never ran a torch op, so there is no CUDA context
 and no OpenMP / intra-op thread pool to inherit (a child forked after CUDA initialised cannot use
-CUDA; one that inherits a libgomp thread pool can hang in its first parallel region).
+CUDA; one that inherits a libgomp thread pool can hang in its first parallel region). The one
+thread importing torch starts (numpy's OpenBLAS pool) is stopped by OpenBLAS's own fork handler
+before each fork, so the server forks single-threaded. Before each fork it also freezes its objects
+for the garbage collector (fork_server_setup.py).
 
 The server is Python's own: multiprocessing's "forkserver" context, started by this process at its
-first fresh cell, with this process's environment, and gone when this process exits. Its preload
-list never names `__main__`: the parent's main script (a pytest run, a user's script) could do
-anything there, CUDA included. What keeps a forked cell's record that of a fresh interpreter:
+first fresh cell (the worker's fresh-process cells, every local-gpus cell), with this process's
+environment, in its process group, and gone when this process exits. Its preload list never names
+`__main__`: the parent's main script (a pytest run, a user's script) could do anything there, CUDA
+included. What keeps a forked cell's record that of a fresh interpreter:
 
 - the child runs runner._worker_main, the subprocess launcher's entry, with fds 1 and 2 (Python's
   and C's output) in the cell's `worker.log`; launch, timeout, kill, death and Ctrl-C are handled by
-  process.WorkerProcess, so records are those of process.run_in_fresh_process, field for field;
+  process.WorkerProcess, so records are those of process.run_in_fresh_process, field for field
+  (the child ends as multiprocessing's children do, its output flushed, without atexit handlers:
+  its record is written before);
 - its environment is exactly `env` (this process's when None), set before anything touches CUDA.
   What was read earlier, at interpreter start (PYTHONPATH) or when torch was imported
   (OMP_NUM_THREADS, read by libgomp when it is loaded), came from the server's environment: a cell
@@ -26,9 +32,10 @@ anything there, CUDA included. What keeps a forked cell's record that of a fresh
   bad-fork flag (`torch._C._cuda_isInBadFork`, in torch's CUDA builds) is set in a child forked
   after its parent asked the CUDA runtime anything: torch/csrc/cuda/Module.cpp registers the
   pthread_atfork handler that sets it (`poison_fork`) at CUDA's lazy initialisation and in
-  `_cuda_getDeviceCount`, the call behind a non-NVML `torch.cuda.is_available()`. If a check fails, the child replaces itself with a new interpreter (`exec`, same process and log) that
-  runs the cell, and this process stops forking and says so once. A server that cannot start means
-  new interpreters too.
+  `_cuda_getDeviceCount`, the call behind a non-NVML `torch.cuda.is_available()`. If a check
+  fails, the child replaces itself with a new interpreter (`exec`, same process and log) that runs
+  the cell, and this process stops forking and says so once. A server that cannot start means new
+  interpreters too.
 
 Like every child of multiprocessing's spawn and forkserver methods, a child imports the parent's
 main script again (as `__mp_main__`, Python's "safe importing of main module" rule): lmreport's
