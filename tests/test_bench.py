@@ -64,6 +64,9 @@ def test_handout_profiles_cover_the_table(name, year, sizes, contexts):
     assert tuple(sorted({c.config["ctx"] for c in grid})) == contexts
     assert {c.config["mode"] for c in grid} == {"forward", "forward_backward", "train"}
     assert all(c.requires == "cuda" and c.config["warmup"] == 5 and c.config["steps"] == 10 for c in grid)
+    # C-b: compiled vs eager per size, forward and the training step, at context 512 (both editions)
+    compiled = {(c.config["size"], c.config["ctx"], c.config["mode"]) for c in cells if c.config.get("compiled")}
+    assert compiled == {(s, 512, m) for s in ed.study_models for m in ("forward", "train")}
 
 
 def test_step_flops_follow_the_accounting():
@@ -317,7 +320,8 @@ def gpu_records():
         for w in bench.ablation_warmups(prof):  # 0, 1, 2: w = 5 is the grid's cell
             recs.append(_step_record(plan, "small", 128, mode, "fp32", warmup=w, first=None if w else 300.0,
                                      ablation=True))
-    recs += [_step_record(plan, "small", 128, m, "fp32", warmup=5, compiled=True, speed=0.5) for m in ("forward", "train")]
+    recs += [_step_record(plan, "small", c.config["ctx"], c.config["mode"], "fp32", warmup=5, compiled=True, speed=0.5)
+             for c in bench.cells(plan) if c.config.get("compiled") and c.config["size"] == "small"]
     return plan, recs
 
 
@@ -333,6 +337,9 @@ def test_gpu_shaped_records_render_with_oom_error_and_missing_cells(gpu_records,
     assert "Without warm-up the first measured step is clearly dearer than the others in small forward" in md
     assert "Read these rows with care" not in md  # steady steps agree across the warm-up counts
     assert "- Forward: the compiled model is 1.43× as fast as eager (faster)" in md
+    # C-b per size at handout-2025's one compile context, forward and the training step
+    assert "the optimizer step stays eager), per size at context 512." in " ".join(md.split())
+    assert "| small | 512 | forward | " in md and "| small | 512 | full training step | " in md
     assert md.count("Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025") >= 8
     # B-c's w = 5 rows are the grid's cells (no ablation cell of that count is planned or recorded)
     assert "with 0, 1, 2 and 5 warm-up steps" in md and "| small | forward | 5 (b) |" in md

@@ -403,7 +403,11 @@ def compile_comparison(view: SectionView, records: list[dict], grid: list[dict],
             verdict = "faster" if lo > 1 + SAME_BAND else "slower" if hi < 1 - SAME_BAND else (
                 "about as fast" if lo >= 1 - SAME_BAND and hi <= 1 + SAME_BAND else "faster in some cells, slower in others")
             by_mode[m] = {"rows": ok, "worst": ok[0], "best": ok[-1], "verdict": verdict}
-    return {"rows": rows, "by_mode": by_mode, "same_band": SAME_BAND, "provenance": view.provenance(used)["line"]}
+    # C-b asks per size; a profile may time one context only (handout-2025 and -2026: 512), and then the
+    # sentences name it once instead of per row
+    contexts = sorted({r["ctx"] for r in rows})
+    return {"rows": rows, "by_mode": by_mode, "same_band": SAME_BAND, "provenance": view.provenance(used)["line"],
+            "contexts": contexts, "one_context": contexts[0] if len(contexts) == 1 else None}
 
 
 def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
