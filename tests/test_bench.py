@@ -20,8 +20,9 @@ from lmreport.sections import get
 
 CPU_PROFILE, ED25 = resolve("cpu", 2025, False)
 # A cut-down cpu profile: one tiny context and few steps, so a whole sweep takes seconds.
+# Its ablation (0, 1) runs cells for w = 0 only: w = 1 is the grid's own warm-up, so that row is a grid cell.
 SMALL = dataclasses.replace(CPU_PROFILE, contexts=(16,), warmup_steps=1, measure_steps=3,
-                            warmup_ablation=(0, 2), compile_sizes=(), compile_contexts=())
+                            warmup_ablation=(0, 1), compile_sizes=(), compile_contexts=())
 SMALL_NO_COMPILE = runner.Plan(SMALL, ED25)
 CONTRACT_METRICS = {"step_ms", "forward_ms", "tokens_per_s", "achieved_tflops", "mfu", "peak_tflops", "peak_source"}
 
@@ -42,7 +43,14 @@ def test_cells_follow_the_contract():
     grid = [c for c in cells if c.config["experiment"] == "step" and not c.config["compiled"]
             and "-warmup" not in c.name]
     assert len(grid) == 2 * 2 * 3 * 2  # sizes x contexts x modes x dtypes
-    assert {c.config["warmup"] for c in cells if "-warmup" in c.name} == {0, 1, 2, 5}
+    # the cpu profile's ablation is (0, 1, 2, 5) with 2 warm-up steps in the grid: w = 2 is no cell of its own but
+    # the grid's fp32 cell at the ablation's (smallest) context, which has the same configuration
+    ablation = [c for c in cells if "-warmup" in c.name]
+    assert {c.config["warmup"] for c in ablation} == {0, 1, 5} and CPU_PROFILE.warmup_steps == 2
+    assert len(ablation) == 2 * 3 * 3  # sizes x modes x warm-up counts
+    for c in ablation:
+        twin = bench.cell_name(c.config["size"], 64, c.config["mode"], "fp32")
+        assert c.config["ctx"] == 64 and next(g for g in grid if g.name == twin).config["warmup"] == 2
 
 
 @pytest.mark.parametrize("name,year,sizes,contexts", [("handout-2025", 2025, 5, (128, 256, 512, 1024)),
@@ -56,6 +64,9 @@ def test_handout_profiles_cover_the_table(name, year, sizes, contexts):
     assert tuple(sorted({c.config["ctx"] for c in grid})) == contexts
     assert {c.config["mode"] for c in grid} == {"forward", "forward_backward", "train"}
     assert all(c.requires == "cuda" and c.config["warmup"] == 5 and c.config["steps"] == 10 for c in grid)
+    # C-b: compiled vs eager per size, forward and the training step, at context 512 (both editions)
+    compiled = {(c.config["size"], c.config["ctx"], c.config["mode"]) for c in cells if c.config.get("compiled")}
+    assert compiled == {(s, 512, m) for s in ed.study_models for m in ("forward", "train")}
 
 
 def test_step_flops_follow_the_accounting():
@@ -159,7 +170,8 @@ def test_bench_section_renders_tables_oom_rows_and_plots(small_sweep, tmp_path):
     assert "### forward + backward, fp32" in md and "### full training step, bf16 autocast" in md
     assert "| mini | 16 | **OOM** |" in md and "Cells that did not run: mini at context 16" in md
     assert md.count("Device: CPU") >= 6  # every table carries its provenance line
-    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md and "with 0 and 2 warm-up steps" in md
+    assert "## Warm-up (c)" in md and "| tiny | forward | 0 |" in md and "with 0 and 1 warm-up steps" in md
+    assert "| tiny | forward | 1 (b) |" in md and "e.g. `tiny-ctx16-forward-fp32`" in md  # w = 1: the grid's cell
     for fig in ("bench-time-vs-context.png", "bench-warmup-ablation.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
     assert "No torch.compile records yet" in md  # this cut-down profile has no compile cells
@@ -266,10 +278,11 @@ def _stats(mean_ms: float, first: float | None = None, n: int = 10) -> dict:
     return Stats.of(samples).to_metric()
 
 
-def _step_record(plan, size, ctx, mode, dtype, status="ok", warmup=5, compiled=False, speed=0.4, first=None):
+def _step_record(plan, size, ctx, mode, dtype, status="ok", warmup=5, compiled=False, speed=0.4, first=None,
+                 ablation=False):
     """One bench record with metrics computed the way run_step computes them (FLOPs from accounting)."""
     cfg = plan.profile.models(plan.edition)[size]
-    name = bench.cell_name(size, ctx, mode, dtype, compiled=compiled, warmup=warmup if warmup != 5 else None)
+    name = bench.cell_name(size, ctx, mode, dtype, compiled=compiled, warmup=warmup if ablation else None)
     config = {"edition": 2025, "profile": plan.profile.name, "experiment": "step", "device": "cuda", "size": size,
               "ctx": ctx, "batch": 4, "mode": mode, "dtype": dtype, "compiled": compiled, "warmup": warmup, "steps": 10}
     if status != "ok":
@@ -304,9 +317,11 @@ def gpu_records():
                     speed = 0.35 if dtype == "fp32" else 0.15 + 0.05 * list(ed.study_models).index(size)
                     recs.append(_step_record(plan, size, ctx, mode, dtype, status, speed=speed))
     for mode in prof.bench_modes:  # warm-up ablation for small only: the cold first step is 30x dearer
-        for w in prof.warmup_ablation:
-            recs.append(_step_record(plan, "small", 128, mode, "fp32", warmup=w, first=None if w else 300.0))
-    recs += [_step_record(plan, "small", 128, m, "fp32", warmup=5, compiled=True, speed=0.5) for m in ("forward", "train")]
+        for w in bench.ablation_warmups(prof):  # 0, 1, 2: w = 5 is the grid's cell
+            recs.append(_step_record(plan, "small", 128, mode, "fp32", warmup=w, first=None if w else 300.0,
+                                     ablation=True))
+    recs += [_step_record(plan, "small", c.config["ctx"], c.config["mode"], "fp32", warmup=5, compiled=True, speed=0.5)
+             for c in bench.cells(plan) if c.config.get("compiled") and c.config["size"] == "small"]
     return plan, recs
 
 
@@ -322,10 +337,34 @@ def test_gpu_shaped_records_render_with_oom_error_and_missing_cells(gpu_records,
     assert "Without warm-up the first measured step is clearly dearer than the others in small forward" in md
     assert "Read these rows with care" not in md  # steady steps agree across the warm-up counts
     assert "- Forward: the compiled model is 1.43× as fast as eager (faster)" in md
+    # C-b per size at handout-2025's one compile context, forward and the training step
+    assert "the optimizer step stays eager), per size at context 512." in " ".join(md.split())
+    assert "| small | 512 | forward | " in md and "| small | 512 | full training step | " in md
     assert md.count("Device: NVIDIA H100 80GB HBM3 · host gpu-node · profile handout-2025") >= 8
+    # B-c's w = 5 rows are the grid's cells (no ablation cell of that count is planned or recorded)
+    assert "with 0, 1, 2 and 5 warm-up steps" in md and "| small | forward | 5 (b) |" in md
+    assert "Rows marked (b) are grid cells of (b), `<size>-ctx128-<mode>-fp32` (3 here, e.g. `small-ctx128-forward-fp32`)" in md
     pmd = render(recs, tmp_path, section="precision", plan=plan)
     assert "These timings come from a CPU" not in pmd and "| 2.7B | 1,024 | full training step | **OOM** | **OOM** | – |" in pmd
     assert "the speedup rises with size in 12 of 12" in " ".join(pmd.split())
+
+
+def test_an_old_ablation_record_of_the_grids_warmup_is_used_only_without_the_grid_cell(gpu_records, tmp_path):
+    """Runs made before the ablation left out the grid's warm-up count hold `...-fp32-warmup5` records too."""
+    import copy
+    plan, recs = gpu_records
+    old = _step_record(plan, "small", 128, "forward", "fp32", warmup=5, speed=0.1, ablation=True)  # 3.5x slower
+    assert old["cell"] == "small-ctx128-forward-fp32-warmup5"
+    grid_ms = next(r for r in recs if r["cell"] == "small-ctx128-forward-fp32")["metrics"]["step_ms"]["mean"]
+    md = render(copy.deepcopy(recs) + [old], tmp_path, plan=plan)
+    row = next(line for line in md.splitlines() if line.startswith("| small | forward | 5"))
+    assert row.startswith("| small | forward | 5 (b) |") and f"{grid_ms:.3g}" in row.replace(",", "")  # the grid's
+    assert md.count("| small | forward | 5") == 1
+    without_grid = [r for r in copy.deepcopy(recs) if r["cell"] != "small-ctx128-forward-fp32"] + [old]
+    md = render(without_grid, tmp_path, plan=plan)
+    row = next(line for line in md.splitlines() if line.startswith("| small | forward | 5"))
+    assert row.startswith("| small | forward | 5 |") and f"{grid_ms * 3.5:.3g}" in row.replace(",", "")  # the old one
+    assert "(2 here, e.g. `small-ctx128-forward_backward-fp32`)" in md
 
 
 def test_mfu_above_one_is_explained_per_device(gpu_records, small_sweep, tmp_path):

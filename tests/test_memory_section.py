@@ -249,6 +249,29 @@ def test_measured_cell_plumbing_with_cuda_mocked(fake_cuda, tmp_path):
     json.dumps(out)
 
 
+def test_measured_cell_times_its_parts(fake_cuda, tmp_path, monkeypatch):
+    """Where a measured cell's time goes: each part in seconds in the metrics; a slow `_dump_snapshot` (symbolising
+    stacks on a GPU machine) lands in dump_s, not in the step or the post-processing."""
+    import time
+
+    import torch
+    slow_s = 0.5  # far above a tiny model's step on a CPU, and above its post-processing
+    real_dump = torch.cuda.memory._dump_snapshot
+
+    def slow_dump(filename):
+        time.sleep(slow_s)
+        real_dump(filename)
+    monkeypatch.setattr(torch.cuda.memory, "_dump_snapshot", slow_dump)
+    t0 = time.perf_counter()
+    m = exp.run_cell(_measured_cell(), tmp_path / "art")["metrics"]
+    wall_s = time.perf_counter() - t0
+    parts = ("build_s", "warmup_s", "step_s", "dump_s", "load_s", "summarize_s", "viewer_s", "postprocess_s")
+    assert all(isinstance(m[p], float) and m[p] >= 0 for p in parts)
+    assert m["dump_s"] >= slow_s and m["step_s"] < slow_s and m["postprocess_s"] < slow_s
+    assert m["load_s"] + m["summarize_s"] + m["viewer_s"] <= m["postprocess_s"]  # its parts, inside it
+    assert sum(m[p] for p in ("build_s", "warmup_s", "step_s", "dump_s", "postprocess_s")) <= wall_s
+
+
 def test_measured_cell_out_of_memory_keeps_the_oom_and_stops_recording(fake_cuda, tmp_path, monkeypatch):
     import torch
     from lmreport import workloads

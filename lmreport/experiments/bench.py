@@ -11,7 +11,8 @@ Cells, in the order they run:
 1. `matmul-<device>-<dtype>`: the device's square-matmul FLOP/s (torch.utils.benchmark.Timer).
    On a CPU it is the peak MFU is measured against, in the same run; on a GPU MFU uses the
    datasheet table (lmreport/peaks.py) and this cell shows what a matmul really reaches.
-2. `<size>-ctx<ctx>-<mode>-fp32-warmup<w>`: the warm-up ablation (B-c) at the smallest context.
+2. `<size>-ctx<ctx>-<mode>-fp32-warmup<w>`: the warm-up ablation (B-c) at the smallest context, for
+   each warm-up count but the grid's own (`ablation_warmups`): that row is the grid cell of step 3.
 3. `<size>-ctx<ctx>-<mode>-<dtype>`: the grid, every size x context x mode x precision (B-b, P-c).
 4. `<size>-ctx<ctx>-<mode>-fp32-compiled`: torch.compile of the whole model, forward and the
    full training step (C-b); their eager twins are grid cells.
@@ -56,6 +57,17 @@ def cell_name(size: str, ctx: int, mode: str, dtype: str, compiled: bool = False
         f"-warmup{warmup}" if warmup is not None else "")
 
 
+def ablation_warmups(prof) -> tuple[int, ...]:
+    """The warm-up counts the B-c ablation runs as cells of its own: the profile's, less the grid's.
+
+    With w = the profile's warm-up steps the ablation cell would be the grid's fp32 cell of the same size, context
+    and mode (same warm-up, steps and precision), measured twice; the report takes that row from the grid.
+    """
+    if "fp32" not in prof.bench_dtypes:  # no fp32 grid cell to stand in for it
+        return tuple(prof.warmup_ablation)
+    return tuple(w for w in prof.warmup_ablation if w != prof.warmup_steps)
+
+
 def cells(plan: Plan) -> list[Cell]:
     prof, ed = plan.profile, plan.edition
     device = prof.device
@@ -76,7 +88,7 @@ def cells(plan: Plan) -> list[Cell]:
     ablation_sizes = [s for s in (prof.ablation_sizes or sizes) if s in sizes]
     out += [step_cell(cell_name(s, ablation_ctx, m, "fp32", warmup=w), s, ablation_ctx, m, "fp32", False, w,
                       fresh_process=w == 0)
-            for s in ablation_sizes for m in prof.bench_modes for w in prof.warmup_ablation]
+            for s in ablation_sizes for m in prof.bench_modes for w in ablation_warmups(prof)]
     out += [step_cell(cell_name(s, t, m, dt), s, t, m, dt, False, prof.warmup_steps)
             for s in sizes for t in contexts for m in prof.bench_modes for dt in prof.bench_dtypes]
     compile_sizes = [s for s in (prof.compile_sizes or sizes) if s in sizes]

@@ -6,7 +6,9 @@ Three kinds of cells, told apart by config["source"]:
   and full training step; fp32 and bf16). Warm up, record
   the allocator history (torch.cuda.memory._record_memory_history(max_entries=1_000_000)),
   run one step, `_dump_snapshot` into the cell's artifacts, stop recording; the record holds
-  max allocated/reserved and the snapshot's replay (peak, timeline, largest allocations).
+  max allocated/reserved, the snapshot's replay (peak, timeline, largest allocations) and the
+  seconds each part of the cell took (build_s, warmup_s, step_s, dump_s, load_s, summarize_s,
+  viewer_s, postprocess_s).
   Without CUDA these cells are recorded `skipped` with the command to run on a GPU.
 - "estimated" (any machine): the same cells at full size on fake tensors
   (lmreport.estimate.memory), plus the variant a measured cell may have been taken as
@@ -185,12 +187,28 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     from lmreport.workloads import make_workload
 
     k = c.config
-    w = make_workload(model_config(c), k["batch"], k["ctx"], k["mode"], device="cuda", dtype=k["dtype"], spec=spec_of(k))
-    for _ in range(WARMUP_STEPS):
-        w.step()
+    # Where the cell's time goes (seconds, in the record's metrics): on an H200 a 2.7B cell took 14-20 s for about
+    # 1-2 s of steps, so each part is timed. In a fresh process build_s includes creating the CUDA context (the
+    # model's first copy to the GPU) and warmup_s the cuBLAS handle and first kernel loads; step_s runs with the
+    # allocator's history recording on.
+    parts_s: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(name: str):
+        t0 = time.perf_counter()
+        yield
+        parts_s[name] = time.perf_counter() - t0
+
+    with part("build_s"):
+        w = make_workload(model_config(c), k["batch"], k["ctx"], k["mode"], device="cuda", dtype=k["dtype"],
+                          spec=spec_of(k))
         torch.cuda.synchronize()
-    w.model.zero_grad(set_to_none=True)  # the measured step starts as Workload.step would leave it
-    torch.cuda.synchronize()
+    with part("warmup_s"):
+        for _ in range(WARMUP_STEPS):
+            w.step()
+            torch.cuda.synchronize()
+        w.model.zero_grad(set_to_none=True)  # the measured step starts as Workload.step would leave it
+        torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     spans: list[tuple[str, int, int]] = []
 
@@ -213,21 +231,25 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES)
     try:
         try:
-            w.step(phase)
-            torch.cuda.synchronize()
+            with part("step_s"):
+                w.step(phase)
+                torch.cuda.synchronize()
         except BaseException:
             # an OOM is the cell's outcome (runner records `oom`): keep the snapshot of what filled
             # the GPU for whoever looks, but never let a failed dump replace the OOM with another error
             with contextlib.suppress(Exception):
                 torch.cuda.memory._dump_snapshot(str(path))
             raise
-        torch.cuda.memory._dump_snapshot(str(path))
+        with part("dump_s"):  # pickles the trace, symbolising each event's C++ and Python stack
+            torch.cuda.memory._dump_snapshot(str(path))
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)
     max_allocated, max_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
 
-    raw = safe_pickle.load(path)
-    snap = normalize(raw, path)
+    post_t0 = time.perf_counter()
+    with part("load_s"):  # the restricted unpickler, then the snapshot's layout normalised
+        raw = safe_pickle.load(path)
+        snap = normalize(raw, path)
     device = torch.cuda.current_device()
     trace = snap.trace_of(device)
     t0 = trace[0].get("time_us") if trace else None
@@ -240,12 +262,15 @@ def _run_measured(c: Cell, artifacts_dir: Path) -> dict:
     if t0 is not None:
         named = {p.name for p in phases}
         phases += [Phase(n, (a - t0) / 1e3, (b - t0) / 1e3) for n, a, b in spans if n not in named]
-    summary = summarize(path, phases=sorted(phases, key=lambda p: p.start_ms) or None, snapshot=snap)
-    viewer, note = write_viewer(snap, raw, artifacts_dir / "memory_viz.html")
+    with part("summarize_s"):  # replay of the trace: timeline, peaks, top allocations
+        summary = summarize(path, phases=sorted(phases, key=lambda p: p.start_ms) or None, snapshot=snap)
+    with part("viewer_s"):
+        viewer, note = write_viewer(snap, raw, artifacts_dir / "memory_viz.html")
     metrics = record_metrics(summary)
+    parts_s["postprocess_s"] = time.perf_counter() - post_t0  # load, phases, summarize, viewer, metrics
     metrics.update({"max_allocated_bytes": max_allocated, "max_reserved_bytes": max_reserved,
                     "warmup_steps": WARMUP_STEPS, "viewer_note": note,
-                    "source_file": {"path": path.name, "bytes": path.stat().st_size}})
+                    "source_file": {"path": path.name, "bytes": path.stat().st_size}, **parts_s})
     artifacts = {"snapshot": path.name}
     if viewer is not None:
         artifacts["viewer"] = viewer.name

@@ -1,7 +1,8 @@
 """Benchmark section: tables per mode and precision, plots, and the answers B-a..B-c and C-b.
 
 Reads the bench records (lmreport/experiments/bench.py): the grid (every size x context x
-mode x precision), the warm-up ablation, the torch.compile cells and the matmul peaks. The
+mode x precision), the warm-up ablation (whose row at the grid's own warm-up count is the grid's
+cell), the torch.compile cells and the matmul peaks. The
 helpers `grid_rows` and `bf16_comparison` are also used by the precision section (P-c).
 Without records the section still shows what the script does and the peak table.
 """
@@ -316,16 +317,37 @@ def first_step_cost(rows: list[dict]) -> dict | None:
             "max": ratios[-1][0], "max_row": ratios[-1][1]}
 
 
-def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict | None:
-    rows = _sorted([row_of(r) for r in records if kind_of(r) == "ablation"], sizes)
+def with_grid_twins(view: SectionView, rows: list[dict], grid: list[dict]) -> list[dict]:
+    """The ablation's rows plus, per (size, mode), the grid's fp32 cell at the ablation's context when its warm-up
+    count is one the ablation asks for (the profile's warm-up steps: the plan runs no ablation cell for that count,
+    bench.ablation_warmups), marked `from_grid`.
+
+    Runs made before that change also hold an ablation record of the same count (`...-fp32-warmup5`). The grid's
+    record wins: it is the cell the plan still runs, so `--rerun` refreshes it, while the old one is never measured
+    again. The old record is used only when the grid has no such cell yet (a run cut short before the grid reached
+    it), so that its row is not lost."""
+    out = list(rows)
+    for size, mode, ctx in dict.fromkeys((r["size"], r["mode"], r["ctx"]) for r in rows):
+        twin = _pick(grid, size=size, ctx=ctx, mode=mode, dtype="fp32", compiled=False)
+        if twin is None or twin["warmup"] not in view.profile.warmup_ablation:
+            continue
+        out = [r for r in out if (r["size"], r["mode"], r["ctx"], r["warmup"]) != (size, mode, ctx, twin["warmup"])]
+        out.append({**twin, "from_grid": True})
+    return out
+
+
+def ablation(view: SectionView, records: list[dict], sizes: list[str], grid: list[dict]) -> dict | None:
+    rows = [row_of(r) for r in records if kind_of(r) == "ablation"]
     if not rows:
         return None
+    rows = _sorted(with_grid_twins(view, rows, grid), sizes)
     groups = []
     for size in dict.fromkeys(r["size"] for r in rows):
         for mode in dict.fromkeys(r["mode"] for r in rows if r["size"] == size):
             entries = []
             for r in sorted((r for r in rows if r["size"] == size and r["mode"] == mode), key=lambda r: r["warmup"]):
-                e = {"warmup": r["warmup"], "ok": r["ok"], "row": r, "status_label": r["status_label"]}
+                e = {"warmup": r["warmup"], "ok": r["ok"], "row": r, "status_label": r["status_label"],
+                     "from_grid": r.get("from_grid", False)}
                 if r["ok"]:
                     samples = r["step"]["samples"]
                     rest = samples[1:] or samples
@@ -358,6 +380,7 @@ def ablation(view: SectionView, records: list[dict], sizes: list[str]) -> dict |
             # the worker launcher runs the cells without warm-up in fresh processes (their steps are the cold start)
             "cold_fresh": bool(cold) and all(e["row"]["first_cell_in_process"] for _, e in cold),
             "fresh_cells": [r["cell"] for r in fresh],
+            "grid_cells": [r["cell"] for r in rows if r.get("from_grid")],
             "provenance": view.provenance([r["record"] for r in rows])["line"]}
 
 
@@ -380,7 +403,11 @@ def compile_comparison(view: SectionView, records: list[dict], grid: list[dict],
             verdict = "faster" if lo > 1 + SAME_BAND else "slower" if hi < 1 - SAME_BAND else (
                 "about as fast" if lo >= 1 - SAME_BAND and hi <= 1 + SAME_BAND else "faster in some cells, slower in others")
             by_mode[m] = {"rows": ok, "worst": ok[0], "best": ok[-1], "verdict": verdict}
-    return {"rows": rows, "by_mode": by_mode, "same_band": SAME_BAND, "provenance": view.provenance(used)["line"]}
+    # C-b asks per size; a profile may time one context only (handout-2025 and -2026: 512), and then the
+    # sentences name it once instead of per row
+    contexts = sorted({r["ctx"] for r in rows})
+    return {"rows": rows, "by_mode": by_mode, "same_band": SAME_BAND, "provenance": view.provenance(used)["line"],
+            "contexts": contexts, "one_context": contexts[0] if len(contexts) == 1 else None}
 
 
 def matmul_rows(view: SectionView, records: list[dict]) -> list[dict]:
@@ -429,7 +456,7 @@ def build(view: SectionView) -> dict:
         "variability": variability(grid),
         "first_step": first_step_cost(grid),
         "time_figure": time_vs_context_figure(view, grid),
-        "ablation": ablation(view, records, sizes),
+        "ablation": ablation(view, records, sizes, grid),
         "compile": compile_comparison(view, records, grid, sizes),
         "peaks": [{"name": p.name, "tflops": p.tflops, "source": p.source} for p in peaks.PEAKS],
         "peaks_used": peaks_used(grid),
