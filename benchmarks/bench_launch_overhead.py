@@ -11,7 +11,10 @@ Target: the worker's overhead per cell at most half the subprocess launcher's. P
 against target and PASS/FAIL; exits non-zero on a miss. (A shared or busy machine makes every
 number noisier; run it on a quiet one.)
 
-    .venv/bin/python benchmarks/bench_launch_overhead.py [--json]
+On a GPU, `--profile gpu-quick` runs 12 CUDA cells of size small (contexts 128 and 256) instead: each
+subprocess cell then pays its CUDA set-up too, which the worker pays once.
+
+    .venv/bin/python benchmarks/bench_launch_overhead.py [--profile cpu|gpu-quick] [--json]
 """
 
 from __future__ import annotations
@@ -32,21 +35,27 @@ LAUNCHERS = ("inline", "subprocess", "worker")
 TARGET_RATIO = 0.5  # worker overhead per cell / subprocess overhead per cell
 
 
-def cells():
+# --profile: the cells each launcher runs. cpu: size tiny, contexts 64 and 128 (12 cells, any machine);
+# gpu-quick: size small on CUDA, contexts 128 and 256 (12 cells of 2 warm-up + 5 measured steps), the
+# issue's "gpu-quick timed with both executors" (a few minutes on one H100/H200, mostly the subprocess launcher's).
+PROFILE_SIZE = {"cpu": "tiny", "gpu-quick": "small"}
+
+
+def cells(profile: str = "cpu"):
     from lmreport import runner
     from lmreport.experiments import bench
     from lmreport.presets import resolve
-    plan = runner.Plan(*resolve("cpu", 2025, False))
-    prof = dataclasses.replace(plan.profile, sizes=("tiny",), warmup_ablation=(), compile_sizes=())
+    plan = runner.Plan(*resolve(profile, 2025, profile != "cpu"))
+    prof = dataclasses.replace(plan.profile, sizes=(PROFILE_SIZE[profile],), warmup_ablation=(), compile_sizes=())
     out = [c for c in bench.cells(runner.Plan(prof, plan.edition)) if c.config.get("experiment") == "step"
            and not c.config["compiled"]]
     return plan, out
 
 
-def measure() -> dict[str, dict]:
+def measure(profile: str = "cpu") -> dict[str, dict]:
     """{launcher: {cells, wall_s, timed_s, duration_s, overhead_per_cell_s, launch_per_cell_s}}."""
     from lmreport import launchers, runner, store
-    plan, todo = cells()
+    plan, todo = cells(profile)
     subprocess.run([sys.executable, "-c", "import torch"], check=True)  # warm the file cache for every launcher alike
     results = {}
     for name in LAUNCHERS:
@@ -68,8 +77,16 @@ def measure() -> dict[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON as well")
+    ap.add_argument("--profile", choices=tuple(PROFILE_SIZE), default="cpu",
+                    help="cpu: tiny CPU cells (default); gpu-quick: size small on CUDA (needs a GPU)")
     args = ap.parse_args()
-    r = measure()
+    if args.profile != "cpu":
+        from lmreport.device import cuda_available
+        if not cuda_available():
+            print(f"bench_launch_overhead.py --profile {args.profile}: needs a CUDA GPU, and torch finds none here",
+                  file=sys.stderr)
+            return 2
+    r = measure(args.profile)
     print(f"{'launcher':<11} {'cells':>5} {'wall s':>8} {'timed s':>8} {'overhead/cell s':>16} {'outside cell/cell s':>20}")
     for name, m in r.items():
         print(f"{name:<11} {m['cells']:>5} {m['wall_s']:>8.1f} {m['timed_s']:>8.1f} {m['overhead_per_cell_s']:>16.2f} "

@@ -133,7 +133,8 @@ def main() -> int:
                     help=f"fixed cost of a fresh process, seconds (default {MEASURED_PROCESS_S}, measured here)")
     ap.add_argument("--fresh-s", type=float, default=None,
                     help="what a fresh-process cell (memory snapshot, cold start) pays for its process under the worker "
-                         "launcher (default: --process-s)")
+                         "launcher (default: a fork of the fork server, measured by bench_fresh_cells.py; --process-s for "
+                         "LMREPORT_FRESH_PROCESS=exec)")
     ap.add_argument("--measure", action="store_true", help="measure the fixed cost now (bench_launch_overhead.py)")
     args = ap.parse_args()
 
@@ -143,7 +144,8 @@ def main() -> int:
     if not args.records.is_dir():
         sys.exit(f"{args.records}: no such folder (the H200 records of ../shared/samples/h200/runs)")
     process_s = args.process_s
-    fresh_s = process_s if args.fresh_s is None else args.fresh_s
+    # forked from the fork server (the worker's default for fresh-process cells), plus the server's start once
+    fresh_s = eta.FORKED_PROCESS_S if args.fresh_s is None else args.fresh_s
     if args.measure:
         sys.path.insert(0, str(Path(__file__).parent))
         import bench_launch_overhead
