@@ -68,16 +68,33 @@ def h200_gap_s(records: list[dict]) -> float | None:
     return statistics.median(gaps) if gaps else None
 
 
-def timed_s_of_record(r: dict) -> float:
-    """The seconds a record spent in its timed passes (warm-up included): a bench step's (warm-up + steps) x
-    mean step, an attention cell's first pass plus (warm-up + passes) x (forward + backward); 0 for others."""
+def timed_s_of_record(r: dict) -> float | None:
+    """The seconds a record spent in its timed passes (warm-up included), or None where it does not say: its
+    own `timed_s` (records since the launchers change); else a bench step's (warm-up + steps) x mean step, an
+    attention cell's first pass plus (warm-up + passes) x (forward + backward), a measured memory cell's
+    warmup_s + step_s; None for the others (the cost model's FLOP term stands in)."""
     k, m = r["config"], r.get("metrics") or {}
+    if isinstance(r.get("timed_s"), (int, float)):
+        return float(r["timed_s"])
     if isinstance(m.get("step_ms"), dict) and "steps" in k:
         return (k.get("warmup", 0) + k["steps"]) * m["step_ms"]["mean"] / 1e3
     if isinstance(m.get("forward_ms"), dict) and isinstance(m.get("backward_ms"), dict) and "passes" in k:
         return m.get("first_pass_s", 0.0) + (k.get("warmup", 0) + k["passes"]) * (
             m["forward_ms"]["mean"] + m["backward_ms"]["mean"]) / 1e3
-    return 0.0
+    if isinstance(m.get("step_s"), (int, float)):
+        return m.get("warmup_s", 0.0) + m["step_s"]
+    return None
+
+
+def model_timed_s(c, rates) -> float:
+    """The cost model's FLOP term of a measured cell: its work less the fixed costs eta.cell_work_model adds."""
+    from lmreport import eta
+    if c.config.get("source") not in (None, "measured"):
+        return 0.0
+    w = eta.cell_work_model(c, rates, nsys_on_path=False)
+    fixed = eta.PER_CELL_S + (eta.MEMORY_SNAPSHOT_S if c.section == "memory" else 0.0) + (
+        eta.COMPILE_S if c.config.get("compiled") else 0.0)
+    return max(0.0, w - fixed)
 
 
 def project(plan, records: list[dict], process_s: float, setup_s: float, rates,
@@ -88,6 +105,7 @@ def project(plan, records: list[dict], process_s: float, setup_s: float, rates,
     from lmreport import eta
     from lmreport.sections import all_sections
     fresh_s = process_s if fresh_s is None else fresh_s
+    server_s = eta.FORK_SERVER_START_S if fresh_s < process_s else 0.0  # forked: the server starts once per run
     by_cell = {(r["section"], r["cell"]): r for r in records}
     rows = []
     for name, section in all_sections().items():
@@ -101,7 +119,8 @@ def project(plan, records: list[dict], process_s: float, setup_s: float, rates,
                 from_records += 1
                 first = r["metrics"].get("first_cell_in_process") or c.fresh_process
                 work += r["duration_s"] - (setup_s if first and cuda else 0.0)  # the set-up is counted per process below
-                timed += timed_s_of_record(r)
+                from_record = timed_s_of_record(r)
+                timed += model_timed_s(c, rates) if from_record is None else from_record
             else:
                 w = eta.cell_work_model(c, rates, nsys_on_path=False)  # torch.profiler for --profiler auto (README)
                 if c.config.get("compiled"):
@@ -111,14 +130,15 @@ def project(plan, records: list[dict], process_s: float, setup_s: float, rates,
                     nsys_s += eta.NSYS_S
                     w -= eta.NSYS_S
                 work += w
-                # the model's FLOP term: its work less the fixed costs it adds (eta.cell_work_model)
-                fixed = eta.PER_CELL_S + (eta.MEMORY_SNAPSHOT_S if c.section == "memory" else 0.0)
-                timed += max(0.0, w - fixed) if c.config.get("source") in (None, "measured") else 0.0
+                timed += model_timed_s(c, rates)
         cuda_of = [c.requires in ("cuda", "nsys") or c.config.get("device") == "cuda" for c in cells]
         per_process = [process_s + (setup_s if cuda else 0.0) for cuda in cuda_of]
         shared = [cuda for c, cuda in zip(cells, cuda_of) if not c.fresh_process]
         worker_launch = sum(fresh_s + (setup_s if cuda else 0.0) for c, cuda in zip(cells, cuda_of) if c.fresh_process) + (
             process_s + (setup_s if any(shared) else 0.0) if shared else 0.0)
+        if server_s and any(c.fresh_process for c in cells):
+            worker_launch += server_s
+            server_s = 0.0
         base = work + compile_s + nsys_s
         rows.append({"section": name, "cells": len(cells), "from_records": from_records,
                      "fresh": sum(c.fresh_process for c in cells), "work": work, "timed": timed, "compile": compile_s,
@@ -144,7 +164,7 @@ def main() -> int:
     if not args.records.is_dir():
         sys.exit(f"{args.records}: no such folder (the H200 records of ../shared/samples/h200/runs)")
     process_s = args.process_s
-    # forked from the fork server (the worker's default for fresh-process cells), plus the server's start once
+    # forked from the fork server (the worker's default for fresh-process cells; project() adds the server's start once)
     fresh_s = eta.FORKED_PROCESS_S if args.fresh_s is None else args.fresh_s
     if args.measure:
         sys.path.insert(0, str(Path(__file__).parent))
