@@ -392,3 +392,10 @@ def test_warmup_rows_whose_steady_steps_disagree_are_flagged(gpu_records, tmp_pa
     slow["metrics"]["step_ms"] = _stats(3 * slow["metrics"]["step_ms"]["mean"])  # a busy moment of the machine
     md = " ".join(render(recs, tmp_path, plan=plan).split())
     assert "Read these rows with care" in md and "in small full training step (3.0×) they differ" in md
+
+
+def test_the_cold_start_stays_an_ablation_cell_when_the_grid_has_no_warm_up():
+    # w = 0 is measured in a clean process (fresh_process); a grid cell of warm-up 0 is not, so it cannot stand in
+    prof = dataclasses.replace(resolve("cpu", 2025, False)[0], warmup_steps=0, warmup_ablation=(0, 1, 2))
+    assert bench.ablation_warmups(prof) == (0, 1, 2)
+    assert bench.ablation_warmups(dataclasses.replace(prof, warmup_steps=2)) == (0, 1)

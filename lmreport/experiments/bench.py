@@ -65,7 +65,9 @@ def ablation_warmups(prof) -> tuple[int, ...]:
     """
     if "fp32" not in prof.bench_dtypes:  # no fp32 grid cell to stand in for it
         return tuple(prof.warmup_ablation)
-    return tuple(w for w in prof.warmup_ablation if w != prof.warmup_steps)
+    # w = 0 stays a cell of its own whatever the grid does: it is the cold start, measured in a clean process
+    # (fresh_process), which a grid cell is not.
+    return tuple(w for w in prof.warmup_ablation if w != prof.warmup_steps or w == 0)
 
 
 def cells(plan: Plan) -> list[Cell]:

@@ -329,7 +329,8 @@ def with_grid_twins(view: SectionView, rows: list[dict], grid: list[dict]) -> li
     out = list(rows)
     for size, mode, ctx in dict.fromkeys((r["size"], r["mode"], r["ctx"]) for r in rows):
         twin = _pick(grid, size=size, ctx=ctx, mode=mode, dtype="fp32", compiled=False)
-        if twin is None or twin["warmup"] not in view.profile.warmup_ablation:
+        if (twin is None or twin["warmup"] != view.profile.warmup_steps or twin["warmup"] == 0
+                or twin["warmup"] not in view.profile.warmup_ablation):
             continue
         out = [r for r in out if (r["size"], r["mode"], r["ctx"], r["warmup"]) != (size, mode, ctx, twin["warmup"])]
         out.append({**twin, "from_grid": True})
