@@ -148,7 +148,9 @@ def project(plan, records: list[dict], process_s: float, setup_s: float, rates,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="runs folder of the H200 records")
+    ap.add_argument("--records", type=Path, action="append",
+                    help="a runs folder of GPU records (repeatable: a later folder's record of a cell replaces an earlier "
+                         f"one's; default {DEFAULT_RECORDS.relative_to(ROOT.parent)}, the H200 records)")
     ap.add_argument("--process-s", type=float, default=MEASURED_PROCESS_S,
                     help=f"fixed cost of a fresh process, seconds (default {MEASURED_PROCESS_S}, measured here)")
     ap.add_argument("--fresh-s", type=float, default=None,
@@ -161,8 +163,10 @@ def main() -> int:
     from lmreport import eta, runner, store
     from lmreport.presets import resolve
 
-    if not args.records.is_dir():
-        sys.exit(f"{args.records}: no such folder (the H200 records of ../shared/samples/h200/runs)")
+    folders = args.records or [DEFAULT_RECORDS]
+    for folder in folders:
+        if not folder.is_dir():
+            sys.exit(f"{folder}: no such folder (a runs folder of GPU records, e.g. ../shared/samples/h200/runs)")
     process_s = args.process_s
     # forked from the fork server (the worker's default for fresh-process cells; project() adds the server's start once)
     fresh_s = eta.FORKED_PROCESS_S if args.fresh_s is None else args.fresh_s
@@ -172,12 +176,15 @@ def main() -> int:
         m = bench_launch_overhead.measure()
         process_s = m["subprocess"]["overhead_per_cell_s"] - m["inline"]["overhead_per_cell_s"]
     plan = runner.Plan(*resolve("handout-2025", None, False))
-    records = store.select(store.load_records(args.records), plan.edition.year, plan.profile.name)
+    # `skipped` records ran nothing (a CPU machine's record of a CUDA cell); the last folder's record of a cell wins
+    by_cell = {(r["section"], r["cell"]): r for folder in folders for r in store.load_records(folder)
+               if r.get("status") != "skipped"}
+    records = store.select(list(by_cell.values()), plan.edition.year, plan.profile.name)
     setup_s, setup_why = cuda_setup_s(records)
     gap_s = h200_gap_s(records)
     rates = eta.Rates(records, gpu_name=GPU)
 
-    print(f"handout-2025 on one {GPU}, projected from {len(records)} H200 records ({args.records})")
+    print(f"handout-2025 on one {GPU}, projected from {len(records)} GPU records ({', '.join(map(str, folders))})")
     print(f"  CUDA set-up per process: {setup_s:.2f} s (first cell of a process against its twins: {'; '.join(setup_why)})")
     print(f"  fresh process (start, imports, teardown): {process_s:.2f} s "
           f"({'measured now' if args.measure else 'measured by bench_launch_overhead.py on a 2-core CPU, README'})")
