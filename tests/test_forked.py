@@ -176,7 +176,7 @@ DRIVER = textwrap.dedent("""
         out["why_not_fork"] = forked.why_not_fork()
         print(json.dumps(out))
 
-    if __name__ == "__main__":  # a forked child imports this script again (as __mp_main__)
+    if __name__ == "__main__":
         main(Path(sys.argv[1]), *sys.argv[2:])
 """)
 
@@ -300,3 +300,35 @@ def test_a_bad_mode_is_refused_before_any_cell_runs(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="LMREPORT_FRESH_PROCESS='spawn'"):
         runner.run_sweep(cells, tmp_path, PLAN.run, executor=WorkerLauncher(), progress=False)
     assert not list(tmp_path.rglob("*.json"))
+
+
+# No `if __name__ == "__main__":`: a child that imported this script again would run its sweep again.
+UNGUARDED = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from lmreport import runner
+    from lmreport.launchers.worker import WorkerLauncher
+    from lmreport.presets import resolve
+
+    print("MAIN", os.getpid(), flush=True)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    plan = runner.Plan(*resolve("cpu", 2025, False))
+    c = runner.cell(plan, "fake", "counted", fresh_process=True, do="count", marker=sys.argv[3])
+    res = runner.run_sweep([c], Path(sys.argv[1]), plan.run, executor=WorkerLauncher(), progress=False)
+    print(dict(res.counts), flush=True)
+""")
+
+
+def test_a_script_without_a_main_guard_runs_once_and_its_fresh_cell_once(tmp_path):
+    script, top, ran, runs = tmp_path / "sweep.py", tmp_path / "top", tmp_path / "ran", tmp_path / "runs"
+    script.write_text(UNGUARDED)
+    out = subprocess.run([sys.executable, str(script), str(runs), str(top), str(ran)], env=fake_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"MAIN {out.stdout.split()[1]}", "{'ok': 1}"]
+    (script_pid,) = top.read_text().split()
+    (cell_pid,) = ran.read_text().split()
+    assert cell_pid != script_pid and "new interpreter" not in out.stderr  # forked, once
+    log = store.artifacts_dir(store.record_path(runs, PLAN.run, "fake", "counted")) / "worker.log"
+    assert "MAIN" not in (log.read_text() if log.exists() else "")

@@ -187,6 +187,9 @@ FAKE_SECTION = textwrap.dedent("""
         if do == "sleep":
             Path(c.config["marker"]).write_text(f"{os.getpid()} {os.getppid()}")
             time.sleep(60)
+        if do == "count":  # how many times the cell ran, and where
+            with open(c.config["marker"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
         if do == "probe":  # what a fresh cell finds in its process
             import torch
             x = torch.randn(256, 256)

@@ -37,10 +37,11 @@ included. What keeps a forked cell's record that of a fresh interpreter:
   the cell, and this process stops forking and says so once. A server that cannot start means new
   interpreters too.
 
-Like every child of multiprocessing's spawn and forkserver methods, a child imports the parent's
-main script again (as `__mp_main__`, Python's "safe importing of main module" rule): lmreport's
-entry points keep their work under `if __name__ == "__main__":`, and so must a script of yours that
-runs sweeps with fresh-process cells (`python -m` modules named `__main__` are not imported again).
+A child of multiprocessing's spawn and forkserver methods imports the parent's main script again
+(as `__mp_main__`) before its target runs, unless the start request names none: this process asks
+for its children with a bare `__main__` in place (_no_main_module), since `_child` needs nothing from
+the main script. So a script that runs sweeps with fresh-process cells needs no
+`if __name__ == "__main__":` guard, and its top-level code runs once, in its own process.
 
 LMREPORT_FRESH_PROCESS=exec makes every fresh cell use a new interpreter (process.WorkerProcess),
 for a platform where forking a process that has imported torch misbehaves (macOS, where Python no
@@ -50,11 +51,13 @@ when imported). The default is `fork`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from lmreport.errors import UserError
@@ -67,14 +70,12 @@ MODES = ("fork", "exec")
 # What the server imports, in this order: the module that makes a stray CUDA query fork-safe
 # (before torch), torch, Dynamo (0.8 s here; torch.optim imports it at an optimizer's first
 # parameter group, torch/_compile.py), then what a fresh cell imports (the sections with fresh
-# cells: bench's cold starts, memory's snapshots), and lmreport.cli, which the `lmreport` script
-# imports again in each child (see the docstring). None of them touches CUDA or runs a torch op when
+# cells: bench's cold starts, memory's snapshots). None of them touches CUDA or runs a torch op when
 # imported (tests/test_forked.py checks that).
 PRELOAD = (
     "lmreport.launchers.fork_server_setup",
     "torch",
     "torch._dynamo",
-    "lmreport.cli",
     "lmreport.runner",
     "lmreport.launchers.forked",
     "lmreport.device",
@@ -156,7 +157,8 @@ class ForkedProcess(WorkerProcess):
         p = ctx.Process(target=_child, name=f"lmreport-{self.cell.section}-{self.cell.name}",
                         args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log)))
         try:
-            p.start()
+            with _no_main_module():
+                p.start()
         except BaseException:
             self._out.close()
             raise
@@ -168,6 +170,27 @@ class ForkedProcess(WorkerProcess):
         if why is not None:
             _say_once(_stop_forking(f"a forked child was not clean ({why})"))
         return record
+
+
+@contextlib.contextmanager
+def _no_main_module():
+    """A bare `__main__` (no __spec__, no __file__) meanwhile, so that a start request names no main module.
+
+    multiprocessing sends each child "preparation data" with the parent's main module, which the
+    child imports again (as __mp_main__) before it runs its target (CPython 3.11
+    Lib/multiprocessing/spawn.py: get_preparation_data() sets `init_main_from_name` from
+    `sys.modules['__main__'].__spec__.name`, else `init_main_from_path` from its `__file__`;
+    popen_forkserver.Popen._launch sends that data, and the forked child's spawn._main() passes it to
+    prepare(), which imports the script). A script without an `if __name__ == "__main__":` guard
+    would then run again in the child, its sweep included, before `_child` set the environment and
+    the log. `_child` is lmreport's, so the child needs nothing from the main script.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class _Child:
