@@ -332,3 +332,27 @@ def test_a_script_without_a_main_guard_runs_once_and_its_fresh_cell_once(tmp_pat
     assert cell_pid != script_pid and "new interpreter" not in out.stderr  # forked, once
     log = store.artifacts_dir(store.record_path(runs, PLAN.run, "fake", "counted")) / "worker.log"
     assert "MAIN" not in (log.read_text() if log.exists() else "")
+
+
+def test_a_start_interrupted_before_the_fork_runs_no_cell(tmp_path, monkeypatch, fresh_server):
+    """Ctrl-C while the parent waits for the server (importing torch) to fork: the child it forks anyway runs nothing."""
+    monkeypatch.setenv("PYTHONPATH", fake_env(tmp_path)["PYTHONPATH"])  # the server started below has the fake section
+    ran = tmp_path / "ran"
+    c = runner.cell(PLAN, "fake", "counted", fresh_process=True, do="count", marker=str(ran))
+    path = store.record_path(tmp_path, PLAN.run, "fake", c.name)
+    read_signed, status = multiprocessing.forkserver.read_signed, []
+
+    def interrupted(fd):  # popen_forkserver reads the child's pid, then its exit code, from this pipe
+        status.append(os.dup(fd))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing.forkserver, "read_signed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        forked.start(c, path)
+    monkeypatch.setattr(multiprocessing.forkserver, "read_signed", read_signed)
+    try:
+        assert read_signed(status[0]) > 0  # the server forked the child anyway
+        read_signed(status[0])  # and the child has ended
+    finally:
+        os.close(status[0])
+    assert not ran.exists() and not path.exists()

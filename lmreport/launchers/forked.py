@@ -22,7 +22,8 @@ included. What keeps a forked cell's record that of a fresh interpreter:
   and C's output) in the cell's `worker.log`; launch, timeout, kill, death and Ctrl-C are handled by
   process.WorkerProcess, so records are those of process.run_in_fresh_process, field for field
   (the child ends as multiprocessing's children do, its output flushed, without atexit handlers:
-  its record is written before);
+  its record is written before). The child waits for this process's go, sent once it has the
+  child's pid: a child forked after a Ctrl-C interrupted its start runs nothing;
 - its environment is exactly `env` (this process's when None), set before anything touches CUDA.
   What was read earlier, at interpreter start (PYTHONPATH) or when torch was imported
   (OMP_NUM_THREADS, read by libgomp when it is loaded), came from the server's environment: a cell
@@ -154,15 +155,26 @@ class ForkedProcess(WorkerProcess):
             ctx.set_forkserver_preload(list(PRELOAD))
             _server_env = dict(os.environ)  # the server starts in p.start() below, with this environment
         env = dict(os.environ if self.env is None else self.env)
+        # The child runs the cell only once told to, after p.start() returned (this process has its
+        # pid, so a Ctrl-C from now on kills it: wait_for_record). Before, the request is sent and
+        # p.start() waits while the server imports torch (seconds): a Ctrl-C there leaves no pid
+        # here, and the server forks the child anyway, which then finds `go` closed and runs nothing.
+        go_r, go_w = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child, name=f"lmreport-{self.cell.section}-{self.cell.name}",
-                        args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log)))
+                        args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log), go_r))
         try:
             with _no_main_module():
                 p.start()
+            go_w.send_bytes(b"go")
+            return _Child(p)
         except BaseException:
+            if p.pid is not None:  # forked, not yet told to run, or just told: it runs nothing unwatched
+                p.kill()
             self._out.close()
             raise
-        return _Child(p)
+        finally:
+            go_r.close()
+            go_w.close()
 
     def finish(self, code: int | str | None = None) -> dict:
         record = super().finish(code)
@@ -253,8 +265,15 @@ def unclean_state() -> str | None:
     return None
 
 
-def _child(cell_json: str, record_file: str, launch: dict, env: dict, log: str) -> None:
-    """The forked child: the cell's environment and log, the checks, then the subprocess launcher's entry."""
+def _child(cell_json: str, record_file: str, launch: dict, env: dict, log: str,
+           go: multiprocessing.connection.Connection) -> None:
+    """The forked child: once its parent says go, the cell's environment and log, the checks, then the subprocess
+    launcher's entry."""
+    try:
+        go.recv_bytes()
+    except EOFError:  # the parent's start failed or was interrupted, or the parent is gone: nobody waits for the cell
+        return
+    go.close()
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)  # created (emptied) by the parent
