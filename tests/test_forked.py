@@ -356,3 +356,30 @@ def test_a_start_interrupted_before_the_fork_runs_no_cell(tmp_path, monkeypatch,
     finally:
         os.close(status[0])
     assert not ran.exists() and not path.exists()
+
+
+def test_only_a_failed_server_means_new_interpreters(tmp_path, monkeypatch, fresh_server):
+    monkeypatch.setenv("PYTHONPATH", fake_env(tmp_path)["PYTHONPATH"])  # for the new interpreter
+    ran = tmp_path / "ran"
+    c = runner.cell(PLAN, "fake", "counted", fresh_process=True, do="count", marker=str(ran))
+    # The cell's log cannot be opened (its folder's parent is a file): that is no reason to stop forking.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        forked.start(c, tmp_path / "file" / "counted.json")
+    assert forked.why_not_fork() is None
+    # Nor is a bug on this side of the server.
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", lambda fds: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        forked.start(c, store.record_path(tmp_path, PLAN.run, "fake", c.name))
+    assert forked.why_not_fork() is None
+    # A server that cannot be reached: this cell and the next run in new interpreters.
+
+    def refused(fds):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", refused)
+    path = store.record_path(tmp_path, PLAN.run, "fake", c.name)
+    assert forked.run_in_forked_process(c, path)["status"] == "ok"
+    assert len(ran.read_text().split()) == 1
+    assert forked.why_not_fork() == "the fork server failed (ConnectionRefusedError: [Errno 111] Connection refused)"
+

@@ -94,6 +94,10 @@ PRELOAD = (
 # Read by CUDA when it initialises (cuInit), which the server never did: a child may set them
 # itself (local-gpus gives each child its own GPU this way).
 CUDA_INIT_VARIABLES = ("CUDA_VISIBLE_DEVICES",)
+# What p.start() raises when the server cannot serve: it could not be started or reached (OSError:
+# spawning it, connecting to its socket, a pipe), or it died before it forked (EOFError from
+# forkserver.read_signed). Anything else is a bug on this side, not a reason to stop forking.
+SERVER_FAILURES = (OSError, EOFError)
 # The first line of a child's log when it found itself unclean and became a new interpreter.
 UNCLEAN = "lmreport: this forked process is not clean, the cell runs in a new interpreter instead: "
 
@@ -130,10 +134,7 @@ def start(c: Cell, record_file: Path, env: dict | None = None, launcher: str = "
     """A fresh process running the cell: forked from the server, else a new interpreter (saying why, once)."""
     why = why_not_fork(env)
     if why is None:
-        try:
-            return ForkedProcess(c, record_file, env=env, launcher=launcher)
-        except Exception as e:  # noqa: BLE001 - the server did not start or could not fork: new interpreters
-            why = _stop_forking(f"the fork server failed ({type(e).__name__}: {e})")
+        return ForkedProcess(c, record_file, env=env, launcher=launcher)
     if why != f"{MODE_VARIABLE}=exec":  # asked for: nothing to say
         _say_once(why)
     return WorkerProcess(c, record_file, env=env, launcher=launcher)
@@ -163,8 +164,12 @@ class ForkedProcess(WorkerProcess):
         p = ctx.Process(target=_child, name=f"lmreport-{self.cell.section}-{self.cell.name}",
                         args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log), go_r))
         try:
-            with _no_main_module():
-                p.start()
+            try:
+                with _no_main_module():
+                    p.start()
+            except SERVER_FAILURES as e:  # this cell and the next get new interpreters
+                _say_once(_stop_forking(f"the fork server failed ({type(e).__name__}: {e})"))
+                return super()._start()
             go_w.send_bytes(b"go")
             return _Child(p)
         except BaseException:
