@@ -207,6 +207,8 @@ def test_forked_children_run_clean_with_their_own_environment_and_fail_as_proces
     assert probe["metrics"]["pid"] != gpu7["metrics"]["pid"]
     assert probe["metrics"]["cuda_initialized"] is False
     assert probe["metrics"]["frozen_objects"] > 100_000  # the server's imports, frozen before the fork (gc.freeze)
+    # The server's freeze-before-fork hook is the server's: a cell's own fork freezes none of the cell's objects.
+    assert probe["metrics"]["frozen_after_own_fork"] == probe["metrics"]["frozen_objects"]
     fresh_threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                    capture_output=True, text=True, check=True).stdout.strip()
     assert probe["metrics"]["torch_threads"] == int(fresh_threads)
