@@ -73,6 +73,14 @@ def test_a_forked_fresh_cell_writes_the_record_a_new_interpreter_writes(tmp_path
         assert r["launcher"] == "worker" and r["wall_s"] >= r["duration_s"] > 0 and r["timed_s"] > 0
 
 
+def test_macos_gets_new_interpreters_unless_asked_to_fork(monkeypatch, fresh_server):
+    assert forked.mode() == "fork"
+    monkeypatch.setattr(sys, "platform", "darwin")  # system libraries may start threads: fork is unsafe there
+    assert forked.mode() == "exec" and forked.why_not_fork() == "LMREPORT_FRESH_PROCESS=exec"
+    monkeypatch.setenv(forked.MODE_VARIABLE, "fork")
+    assert forked.mode() == "fork"
+
+
 def test_which_environment_forks(monkeypatch, fresh_server):
     assert forked.why_not_fork() is None and forked.why_not_fork(dict(os.environ)) is None
     # CUDA reads CUDA_VISIBLE_DEVICES when it initialises, after the fork: local-gpus gives each child its GPU so.

@@ -47,7 +47,8 @@ the main script. So a script that runs sweeps with fresh-process cells needs no
 LMREPORT_FRESH_PROCESS=exec makes every fresh cell use a new interpreter (process.WorkerProcess),
 for a platform where forking a process that has imported torch misbehaves (macOS, where Python no
 longer forks by default because system libraries may start threads; a library that starts threads
-when imported). The default is `fork`.
+when imported). The default is `fork`, except on macOS, where it is `exec` (LMREPORT_FRESH_PROCESS=fork
+still forks there).
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ _said: set[str] = set()
 
 
 def mode() -> str:
-    value = os.environ.get(MODE_VARIABLE, "fork") or "fork"
+    default = "exec" if sys.platform == "darwin" else "fork"  # macOS: see the docstring
+    value = os.environ.get(MODE_VARIABLE, default) or default
     if value not in MODES:
-        raise UserError(f"{MODE_VARIABLE}={value!r}: expected 'fork' (the default) or 'exec'")
+        raise UserError(f"{MODE_VARIABLE}={value!r}: expected 'fork' or 'exec' (the default here: {default!r})")
     return value
 
 
