@@ -312,6 +312,15 @@ def test_a_bad_mode_is_refused_before_any_cell_runs(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.json"))
 
 
+def test_run_refuses_a_bad_mode_before_any_section_runs(tmp_path, monkeypatch, capsys):
+    from lmreport.cli import main
+    monkeypatch.setenv(forked.MODE_VARIABLE, "spawn")
+    monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("a section ran"))
+    assert main(["run", "all", "--profile", "cpu", "--executor", "worker", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "LMREPORT_FRESH_PROCESS='spawn'" in err and len(err.strip().splitlines()) == 1
+
+
 # No `if __name__ == "__main__":`: a child that imported this script again would run its sweep again.
 UNGUARDED = textwrap.dedent("""
     import os, sys
@@ -392,4 +401,3 @@ def test_only_a_failed_server_means_new_interpreters(tmp_path, monkeypatch, fres
     assert forked.run_in_forked_process(c, path)["status"] == "ok"
     assert len(ran.read_text().split()) == 1
     assert forked.why_not_fork() == "the fork server failed (ConnectionRefusedError: [Errno 111] Connection refused)"
-
