@@ -73,6 +73,14 @@ def test_a_forked_fresh_cell_writes_the_record_a_new_interpreter_writes(tmp_path
         assert r["launcher"] == "worker" and r["wall_s"] >= r["duration_s"] > 0 and r["timed_s"] > 0
 
 
+def test_macos_gets_new_interpreters_unless_asked_to_fork(monkeypatch, fresh_server):
+    assert forked.mode() == "fork"
+    monkeypatch.setattr(sys, "platform", "darwin")  # system libraries may start threads: fork is unsafe there
+    assert forked.mode() == "exec" and forked.why_not_fork() == "LMREPORT_FRESH_PROCESS=exec"
+    monkeypatch.setenv(forked.MODE_VARIABLE, "fork")
+    assert forked.mode() == "fork"
+
+
 def test_which_environment_forks(monkeypatch, fresh_server):
     assert forked.why_not_fork() is None and forked.why_not_fork(dict(os.environ)) is None
     # CUDA reads CUDA_VISIBLE_DEVICES when it initialises, after the fork: local-gpus gives each child its GPU so.
@@ -176,7 +184,7 @@ DRIVER = textwrap.dedent("""
         out["why_not_fork"] = forked.why_not_fork()
         print(json.dumps(out))
 
-    if __name__ == "__main__":  # a forked child imports this script again (as __mp_main__)
+    if __name__ == "__main__":
         main(Path(sys.argv[1]), *sys.argv[2:])
 """)
 
@@ -207,6 +215,8 @@ def test_forked_children_run_clean_with_their_own_environment_and_fail_as_proces
     assert probe["metrics"]["pid"] != gpu7["metrics"]["pid"]
     assert probe["metrics"]["cuda_initialized"] is False
     assert probe["metrics"]["frozen_objects"] > 100_000  # the server's imports, frozen before the fork (gc.freeze)
+    # The server's freeze-before-fork hook is the server's: a cell's own fork freezes none of the cell's objects.
+    assert probe["metrics"]["frozen_after_own_fork"] == probe["metrics"]["frozen_objects"]
     fresh_threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                                    capture_output=True, text=True, check=True).stdout.strip()
     assert probe["metrics"]["torch_threads"] == int(fresh_threads)
@@ -300,3 +310,94 @@ def test_a_bad_mode_is_refused_before_any_cell_runs(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="LMREPORT_FRESH_PROCESS='spawn'"):
         runner.run_sweep(cells, tmp_path, PLAN.run, executor=WorkerLauncher(), progress=False)
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_run_refuses_a_bad_mode_before_any_section_runs(tmp_path, monkeypatch, capsys):
+    from lmreport.cli import main
+    monkeypatch.setenv(forked.MODE_VARIABLE, "spawn")
+    monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("a section ran"))
+    assert main(["run", "all", "--profile", "cpu", "--executor", "worker", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "LMREPORT_FRESH_PROCESS='spawn'" in err and len(err.strip().splitlines()) == 1
+
+
+# No `if __name__ == "__main__":`: a child that imported this script again would run its sweep again.
+UNGUARDED = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from lmreport import runner
+    from lmreport.launchers.worker import WorkerLauncher
+    from lmreport.presets import resolve
+
+    print("MAIN", os.getpid(), flush=True)
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    plan = runner.Plan(*resolve("cpu", 2025, False))
+    c = runner.cell(plan, "fake", "counted", fresh_process=True, do="count", marker=sys.argv[3])
+    res = runner.run_sweep([c], Path(sys.argv[1]), plan.run, executor=WorkerLauncher(), progress=False)
+    print(dict(res.counts), flush=True)
+""")
+
+
+def test_a_script_without_a_main_guard_runs_once_and_its_fresh_cell_once(tmp_path):
+    script, top, ran, runs = tmp_path / "sweep.py", tmp_path / "top", tmp_path / "ran", tmp_path / "runs"
+    script.write_text(UNGUARDED)
+    out = subprocess.run([sys.executable, str(script), str(runs), str(top), str(ran)], env=fake_env(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"MAIN {out.stdout.split()[1]}", "{'ok': 1}"]
+    (script_pid,) = top.read_text().split()
+    (cell_pid,) = ran.read_text().split()
+    assert cell_pid != script_pid and "new interpreter" not in out.stderr  # forked, once
+    log = store.artifacts_dir(store.record_path(runs, PLAN.run, "fake", "counted")) / "worker.log"
+    assert "MAIN" not in (log.read_text() if log.exists() else "")
+
+
+def test_a_start_interrupted_before_the_fork_runs_no_cell(tmp_path, monkeypatch, fresh_server):
+    """Ctrl-C while the parent waits for the server (importing torch) to fork: the child it forks anyway runs nothing."""
+    monkeypatch.setenv("PYTHONPATH", fake_env(tmp_path)["PYTHONPATH"])  # the server started below has the fake section
+    ran = tmp_path / "ran"
+    c = runner.cell(PLAN, "fake", "counted", fresh_process=True, do="count", marker=str(ran))
+    path = store.record_path(tmp_path, PLAN.run, "fake", c.name)
+    read_signed, status = multiprocessing.forkserver.read_signed, []
+
+    def interrupted(fd):  # popen_forkserver reads the child's pid, then its exit code, from this pipe
+        status.append(os.dup(fd))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing.forkserver, "read_signed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        forked.start(c, path)
+    monkeypatch.setattr(multiprocessing.forkserver, "read_signed", read_signed)
+    try:
+        assert read_signed(status[0]) > 0  # the server forked the child anyway
+        read_signed(status[0])  # and the child has ended
+    finally:
+        os.close(status[0])
+    assert not ran.exists() and not path.exists()
+
+
+def test_only_a_failed_server_means_new_interpreters(tmp_path, monkeypatch, fresh_server):
+    monkeypatch.setenv("PYTHONPATH", fake_env(tmp_path)["PYTHONPATH"])  # for the new interpreter
+    ran = tmp_path / "ran"
+    c = runner.cell(PLAN, "fake", "counted", fresh_process=True, do="count", marker=str(ran))
+    # The cell's log cannot be opened (its folder's parent is a file): that is no reason to stop forking.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        forked.start(c, tmp_path / "file" / "counted.json")
+    assert forked.why_not_fork() is None
+    # Nor is a bug on this side of the server.
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", lambda fds: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        forked.start(c, store.record_path(tmp_path, PLAN.run, "fake", c.name))
+    assert forked.why_not_fork() is None
+    # A server that cannot be reached: this cell and the next run in new interpreters.
+
+    def refused(fds):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(multiprocessing.forkserver, "connect_to_new_process", refused)
+    path = store.record_path(tmp_path, PLAN.run, "fake", c.name)
+    assert forked.run_in_forked_process(c, path)["status"] == "ok"
+    assert len(ran.read_text().split()) == 1
+    assert forked.why_not_fork() == "the fork server failed (ConnectionRefusedError: [Errno 111] Connection refused)"

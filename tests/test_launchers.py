@@ -187,13 +187,21 @@ FAKE_SECTION = textwrap.dedent("""
         if do == "sleep":
             Path(c.config["marker"]).write_text(f"{os.getpid()} {os.getppid()}")
             time.sleep(60)
+        if do == "count":  # how many times the cell ran, and where
+            with open(c.config["marker"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
         if do == "probe":  # what a fresh cell finds in its process
+            import gc
+            frozen = gc.get_freeze_count()
+            pid = os.fork()  # the cell's own fork (a DataLoader worker, say), before any thread starts
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
             import torch
             x = torch.randn(256, 256)
             (x @ x).sum().item()  # a parallel op: it would hang on an intra-op pool inherited by fork
-            import gc
             return {"metrics": {"pid": os.getpid(), "ppid": os.getppid(), "env": dict(os.environ),
-                                "frozen_objects": gc.get_freeze_count(),
+                                "frozen_objects": frozen, "frozen_after_own_fork": gc.get_freeze_count(),
                                 "torch_threads": torch.get_num_threads(),
                                 "cuda_initialized": torch.cuda.is_initialized() or torch.cuda._initialized}}
         if do == "compile":  # what Dynamo holds for a function compiled by an earlier cell of this process

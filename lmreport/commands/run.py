@@ -99,6 +99,8 @@ def main(args) -> int:
 
     if args.profiler:  # the nsys section plans its cells with it (their config carries it to any executor)
         os.environ[PROFILER_VARIABLE] = args.profiler
+    from lmreport.launchers.forked import mode as fresh_process_mode
+    fresh_process_mode()  # a bad LMREPORT_FRESH_PROCESS is refused before any section runs, not at `run all`'s bench
 
     profile, edition = resolve_plan(args)
     plan = runner.Plan(profile, edition, resolve_model(args, load=not args.dry_run))  # a dry run runs nothing of the model

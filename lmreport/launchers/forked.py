@@ -22,7 +22,8 @@ included. What keeps a forked cell's record that of a fresh interpreter:
   and C's output) in the cell's `worker.log`; launch, timeout, kill, death and Ctrl-C are handled by
   process.WorkerProcess, so records are those of process.run_in_fresh_process, field for field
   (the child ends as multiprocessing's children do, its output flushed, without atexit handlers:
-  its record is written before);
+  its record is written before). The child waits for this process's go, sent once it has the
+  child's pid: a child forked after a Ctrl-C interrupted its start runs nothing;
 - its environment is exactly `env` (this process's when None), set before anything touches CUDA.
   What was read earlier, at interpreter start (PYTHONPATH) or when torch was imported
   (OMP_NUM_THREADS, read by libgomp when it is loaded), came from the server's environment: a cell
@@ -37,24 +38,28 @@ included. What keeps a forked cell's record that of a fresh interpreter:
   the cell, and this process stops forking and says so once. A server that cannot start means new
   interpreters too.
 
-Like every child of multiprocessing's spawn and forkserver methods, a child imports the parent's
-main script again (as `__mp_main__`, Python's "safe importing of main module" rule): lmreport's
-entry points keep their work under `if __name__ == "__main__":`, and so must a script of yours that
-runs sweeps with fresh-process cells (`python -m` modules named `__main__` are not imported again).
+A child of multiprocessing's spawn and forkserver methods imports the parent's main script again
+(as `__mp_main__`) before its target runs, unless the start request names none: this process asks
+for its children with a bare `__main__` in place (_no_main_module), since `_child` needs nothing from
+the main script. So a script that runs sweeps with fresh-process cells needs no
+`if __name__ == "__main__":` guard, and its top-level code runs once, in its own process.
 
 LMREPORT_FRESH_PROCESS=exec makes every fresh cell use a new interpreter (process.WorkerProcess),
 for a platform where forking a process that has imported torch misbehaves (macOS, where Python no
 longer forks by default because system libraries may start threads; a library that starts threads
-when imported). The default is `fork`.
+when imported). The default is `fork`, except on macOS, where it is `exec` (LMREPORT_FRESH_PROCESS=fork
+still forks there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from lmreport.errors import UserError
@@ -67,14 +72,12 @@ MODES = ("fork", "exec")
 # What the server imports, in this order: the module that makes a stray CUDA query fork-safe
 # (before torch), torch, Dynamo (0.8 s here; torch.optim imports it at an optimizer's first
 # parameter group, torch/_compile.py), then what a fresh cell imports (the sections with fresh
-# cells: bench's cold starts, memory's snapshots), and lmreport.cli, which the `lmreport` script
-# imports again in each child (see the docstring). None of them touches CUDA or runs a torch op when
+# cells: bench's cold starts, memory's snapshots). None of them touches CUDA or runs a torch op when
 # imported (tests/test_forked.py checks that).
 PRELOAD = (
     "lmreport.launchers.fork_server_setup",
     "torch",
     "torch._dynamo",
-    "lmreport.cli",
     "lmreport.runner",
     "lmreport.launchers.forked",
     "lmreport.device",
@@ -92,6 +95,10 @@ PRELOAD = (
 # Read by CUDA when it initialises (cuInit), which the server never did: a child may set them
 # itself (local-gpus gives each child its own GPU this way).
 CUDA_INIT_VARIABLES = ("CUDA_VISIBLE_DEVICES",)
+# What p.start() raises when the server cannot serve: it could not be started or reached (OSError:
+# spawning it, connecting to its socket, a pipe), or it died before it forked (EOFError from
+# forkserver.read_signed). Anything else is a bug on this side, not a reason to stop forking.
+SERVER_FAILURES = (OSError, EOFError)
 # The first line of a child's log when it found itself unclean and became a new interpreter.
 UNCLEAN = "lmreport: this forked process is not clean, the cell runs in a new interpreter instead: "
 
@@ -101,9 +108,10 @@ _said: set[str] = set()
 
 
 def mode() -> str:
-    value = os.environ.get(MODE_VARIABLE, "fork") or "fork"
+    default = "exec" if sys.platform == "darwin" else "fork"  # macOS: see the docstring
+    value = os.environ.get(MODE_VARIABLE, default) or default
     if value not in MODES:
-        raise UserError(f"{MODE_VARIABLE}={value!r}: expected 'fork' (the default) or 'exec'")
+        raise UserError(f"{MODE_VARIABLE}={value!r}: expected 'fork' or 'exec' (the default here: {default!r})")
     return value
 
 
@@ -128,10 +136,7 @@ def start(c: Cell, record_file: Path, env: dict | None = None, launcher: str = "
     """A fresh process running the cell: forked from the server, else a new interpreter (saying why, once)."""
     why = why_not_fork(env)
     if why is None:
-        try:
-            return ForkedProcess(c, record_file, env=env, launcher=launcher)
-        except Exception as e:  # noqa: BLE001 - the server did not start or could not fork: new interpreters
-            why = _stop_forking(f"the fork server failed ({type(e).__name__}: {e})")
+        return ForkedProcess(c, record_file, env=env, launcher=launcher)
     if why != f"{MODE_VARIABLE}=exec":  # asked for: nothing to say
         _say_once(why)
     return WorkerProcess(c, record_file, env=env, launcher=launcher)
@@ -153,14 +158,30 @@ class ForkedProcess(WorkerProcess):
             ctx.set_forkserver_preload(list(PRELOAD))
             _server_env = dict(os.environ)  # the server starts in p.start() below, with this environment
         env = dict(os.environ if self.env is None else self.env)
+        # The child runs the cell only once told to, after p.start() returned (this process has its
+        # pid, so a Ctrl-C from now on kills it: wait_for_record). Before, the request is sent and
+        # p.start() waits while the server imports torch (seconds): a Ctrl-C there leaves no pid
+        # here, and the server forks the child anyway, which then finds `go` closed and runs nothing.
+        go_r, go_w = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_child, name=f"lmreport-{self.cell.section}-{self.cell.name}",
-                        args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log)))
+                        args=(self.cell.to_json(), str(self.record_file), self.launch, env, str(self.log), go_r))
         try:
-            p.start()
+            try:
+                with _no_main_module():
+                    p.start()
+            except SERVER_FAILURES as e:  # this cell and the next get new interpreters
+                _say_once(_stop_forking(f"the fork server failed ({type(e).__name__}: {e})"))
+                return super()._start()
+            go_w.send_bytes(b"go")
+            return _Child(p)
         except BaseException:
+            if p.pid is not None:  # forked, not yet told to run, or just told: it runs nothing unwatched
+                p.kill()
             self._out.close()
             raise
-        return _Child(p)
+        finally:
+            go_r.close()
+            go_w.close()
 
     def finish(self, code: int | str | None = None) -> dict:
         record = super().finish(code)
@@ -168,6 +189,27 @@ class ForkedProcess(WorkerProcess):
         if why is not None:
             _say_once(_stop_forking(f"a forked child was not clean ({why})"))
         return record
+
+
+@contextlib.contextmanager
+def _no_main_module():
+    """A bare `__main__` (no __spec__, no __file__) meanwhile, so that a start request names no main module.
+
+    multiprocessing sends each child "preparation data" with the parent's main module, which the
+    child imports again (as __mp_main__) before it runs its target (CPython 3.11
+    Lib/multiprocessing/spawn.py: get_preparation_data() sets `init_main_from_name` from
+    `sys.modules['__main__'].__spec__.name`, else `init_main_from_path` from its `__file__`;
+    popen_forkserver.Popen._launch sends that data, and the forked child's spawn._main() passes it to
+    prepare(), which imports the script). A script without an `if __name__ == "__main__":` guard
+    would then run again in the child, its sweep included, before `_child` set the environment and
+    the log. `_child` is lmreport's, so the child needs nothing from the main script.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class _Child:
@@ -230,8 +272,15 @@ def unclean_state() -> str | None:
     return None
 
 
-def _child(cell_json: str, record_file: str, launch: dict, env: dict, log: str) -> None:
-    """The forked child: the cell's environment and log, the checks, then the subprocess launcher's entry."""
+def _child(cell_json: str, record_file: str, launch: dict, env: dict, log: str,
+           go: multiprocessing.connection.Connection) -> None:
+    """The forked child: once its parent says go, the cell's environment and log, the checks, then the subprocess
+    launcher's entry."""
+    try:
+        go.recv_bytes()
+    except EOFError:  # the parent's start failed or was interrupted, or the parent is gone: nobody waits for the cell
+        return
+    go.close()
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)  # created (emptied) by the parent
