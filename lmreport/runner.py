@@ -208,7 +208,7 @@ def set_aside_unreadable(record_file: Path) -> None:
     except InputFileError:
         aside = record_file.with_name(record_file.name + ".unreadable")
         os.replace(record_file, aside)
-        warnings.warn(f"{record_file}: not a readable record; kept as {aside.name}, and the cell runs again",
+        warnings.warn(f"{record_file}: not a readable record; kept as {aside.name}, and a new record takes its place",
                       stacklevel=3)
     except OSError:
         pass

@@ -95,3 +95,16 @@ def test_a_skipped_placeholder_is_replaced_but_an_oom_record_is_kept(tmp_path, c
         assert _ingest(runs, f, "--size", "2.7B", "--ctx", "128", "--mode", "train") == code
         assert json.loads(rec_file.read_text())["status"] == ("ok" if code == 0 else "oom")
     assert "already holds an out-of-memory record" in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_record_is_set_aside_not_lost(tmp_path, capsys):
+    from lmreport import store
+    runs = tmp_path / "runs"
+    f, truth = _snap(tmp_path / "s.pickle")
+    rec_file = store.record_path(runs, "2025-cpu", "memory", CELL)
+    rec_file.parent.mkdir(parents=True)
+    rec_file.write_text('{"hand-edited": ')  # truncated: not a record
+    assert _ingest(runs, f, "--size", "2.7B", "--ctx", "128", "--mode", "train") == 0
+    assert "not a readable record; kept as" in capsys.readouterr().err
+    assert json.loads(rec_file.read_text())["metrics"]["peak_active_bytes"] == truth.peak_active[0]
+    assert rec_file.with_name(rec_file.name + ".unreadable").read_text() == '{"hand-edited": '

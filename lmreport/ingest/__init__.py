@@ -16,12 +16,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def refuse_overwrite(record_file: Path, replace: bool, same_source: Callable[[dict], bool]) -> None:
-    """Before a profiling record (`ingest nsys`, `ingest trace`) is written: an ok or out-of-memory record
-    of the cell (profiled here, or ingested from other files) is kept unless --replace (UserError);
-    skipped and error records are placeholders, and a file that is not a record is set aside when the
-    new one is written. `same_source(old_record)`: whether the files are those of the old record (by
-    SHA-256), which changes nothing and is allowed."""
+def refuse_overwrite(record_file: Path, replace: bool, same_source: Callable[[dict], bool],
+                     describe: Callable[[dict], str | None] | None = None, hint: str = "") -> None:
+    """Before an ingested or profiling record (`ingest nsys`, `ingest trace`, `ingest memory`) is written: an ok
+    or out-of-memory record of the cell (measured or profiled here, or ingested from other files) is kept unless
+    --replace (UserError); skipped and error records are placeholders, and a file that is not a record is set
+    aside when the new one is written (runner.set_aside_unreadable). `same_source(old_record)`: whether the files
+    are those of the old record (by SHA-256), which changes nothing and is allowed. `describe(old_record)`: what
+    the old record holds, in the error (None: the profiling wording); `hint`: what else to do, after it."""
     from lmreport import store
     from lmreport.errors import InputFileError, UserError
 
@@ -34,8 +36,9 @@ def refuse_overwrite(record_file: Path, replace: bool, same_source: Callable[[di
     if old["status"] in ("skipped", "error") or same_source(old):
         return
     m = old["metrics"]
-    what = (f"a profile made by `lmreport run nsys` ({m.get('profiler') or 'Nsight Systems'})"
-            if m.get("source") == "profiled" else
-            f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
-            if old["status"] == "ok" else "an out-of-memory record")
-    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it")
+    what = describe(old) if describe else None
+    what = what or (f"a profile made by `lmreport run nsys` ({m.get('profiler') or 'Nsight Systems'})"
+                    if m.get("source") == "profiled" else
+                    f"a profile ingested from {', '.join((old.get('environment') or {}).get('ingested_from') or ['other files'])}"
+                    if old["status"] == "ok" else "an out-of-memory record")
+    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it{hint}")

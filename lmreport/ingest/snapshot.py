@@ -241,6 +241,7 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
     """
     from lmreport import store
     from lmreport.device import environment
+    from lmreport.runner import set_aside_unreadable
     from lmreport.user_model import reference
 
     batch = _check_ingest_arguments(args, plan)
@@ -269,27 +270,22 @@ def ingest_files(paths: list[Path], args, plan) -> list[Path]:
         metrics["viewer_note"] = note
         record = store.make_record(INGEST_SECTION, cell, config, env, "ok", metrics=metrics,
                                    artifacts={"viewer": viewer.name} if viewer else {})
+        set_aside_unreadable(record_file)  # a file there that is no record is kept beside it, as the runner does
         written.append(store.write_record(record_file, record))
     return written
 
 
 def _refuse_overwrite(record_file: Path, sha256: str, replace: bool) -> None:
-    import json
-    if replace or not record_file.exists():
-        return
-    try:
-        old = json.loads(record_file.read_text())
-    except (OSError, ValueError):
-        old = {}
-    if not isinstance(old, dict):
-        old = {}
-    if old.get("status") in ("skipped", "error"):
-        return  # a placeholder (e.g. the CUDA cell a CPU run skipped) holds no measurement to lose
-    same = ((old.get("metrics") or {}).get("source_file") or {}).get("sha256") == sha256
-    if same:
-        return  # the same file ingested again: the record would not change
-    what = ("a snapshot ingested from " + str(old["environment"].get("ingested_from"))
-            if isinstance(old.get("environment"), dict) and old["environment"].get("ingested_from")
-            else {"ok": "a measured record", "oom": "an out-of-memory record"}.get(old.get("status"), "an unreadable record"))
-    raise UserError(f"{record_file} already holds {what}; pass --replace to overwrite it, or ingest under "
-                    "other flags (--first-step, --with-grad, --dtype) if this snapshot is of another step")
+    """ingest.refuse_overwrite with a snapshot's words: the same file again changes nothing."""
+    from lmreport.ingest import refuse_overwrite
+
+    def describe(old: dict) -> str:
+        ingested_from = (old.get("environment") or {}).get("ingested_from")
+        if ingested_from:
+            return f"a snapshot ingested from {ingested_from}"
+        return "a measured record" if old["status"] == "ok" else "an out-of-memory record"
+
+    refuse_overwrite(record_file, replace,
+                     lambda old: ((old.get("metrics") or {}).get("source_file") or {}).get("sha256") == sha256,
+                     describe, ", or ingest under other flags (--first-step, --with-grad, --dtype) if this snapshot "
+                               "is of another step")
