@@ -102,10 +102,9 @@ def main() -> int:
     best = {way: min(runs[way], key=lambda m: m["overhead_per_cell_s"]) for way in WAYS}
     print("(first cell, later cells: a record's wall_s - timed_s, from launch to record; with fork the first "
           "cell's includes the server's start)")
-    ratio = best["fork"]["overhead_per_cell_s"] / best["exec"]["overhead_per_cell_s"]
-    ok = ratio <= TARGET_RATIO
-    print(f"{'PASS' if ok else 'FAIL'}  forked overhead per cell <= {TARGET_RATIO:.0%} of a new interpreter's: "
-          f"{best['fork']['overhead_per_cell_s']:.2f} s vs {best['exec']['overhead_per_cell_s']:.2f} s ({ratio:.0%})")
+    from _verdict import ratio_verdict
+    ok = ratio_verdict("forked overhead per cell", best["fork"]["overhead_per_cell_s"], "a new interpreter's",
+                       best["exec"]["overhead_per_cell_s"], TARGET_RATIO)
     if args.json:
         print(json.dumps(runs))
     return 0 if ok else 1

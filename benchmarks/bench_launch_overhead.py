@@ -94,10 +94,9 @@ def main() -> int:
     process_s = r["subprocess"]["overhead_per_cell_s"] - r["inline"]["overhead_per_cell_s"]
     what = "a fresh process and its CUDA set-up cost" if args.profile != "cpu" else "a fresh process costs"
     print(f"{what} {process_s:.2f} s per cell here (subprocess minus inline overhead per cell)")
-    ratio = r["worker"]["overhead_per_cell_s"] / r["subprocess"]["overhead_per_cell_s"]
-    ok = ratio <= TARGET_RATIO
-    print(f"{'PASS' if ok else 'FAIL'}  worker overhead per cell <= {TARGET_RATIO:.0%} of subprocess's: "
-          f"{r['worker']['overhead_per_cell_s']:.2f} s vs {r['subprocess']['overhead_per_cell_s']:.2f} s ({ratio:.0%})")
+    from _verdict import ratio_verdict
+    ok = ratio_verdict("worker overhead per cell", r["worker"]["overhead_per_cell_s"], "subprocess's",
+                       r["subprocess"]["overhead_per_cell_s"], TARGET_RATIO)
     if args.json:
         print(json.dumps(r))
     return 0 if ok else 1
