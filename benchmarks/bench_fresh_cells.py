@@ -29,8 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,40 +38,22 @@ WAYS = ("exec", "fork")
 TARGET_RATIO = 0.25  # forked overhead per cell / new interpreter's overhead per cell
 
 
-def cells():
-    from lmreport import runner
-    from lmreport.experiments import bench
-    from lmreport.presets import resolve
-    plan = runner.Plan(*resolve("cpu", 2025, False))
-    prof = dataclasses.replace(plan.profile, sizes=("tiny",), bench_dtypes=("fp32",), warmup_ablation=(),
-                               compile_sizes=())
-    out = [dataclasses.replace(c, fresh_process=True) for c in bench.cells(runner.Plan(prof, plan.edition))
-           if c.config.get("experiment") == "step" and not c.config["compiled"]]
-    return plan, out
-
-
 def measure(way: str) -> dict:
     """One sweep of the cells with LMREPORT_FRESH_PROCESS=way, in this process: {cells, wall_s, timed_s,
     overhead_per_cell_s, record_overhead_median_s, first_record_overhead_s}."""
-    from lmreport import runner, store
+    from _sweeps import overhead, step_cells, timed_sweep
+    from lmreport.device import cuda_available
     from lmreport.launchers.forked import MODE_VARIABLE
     from lmreport.launchers.worker import WorkerLauncher
-    from lmreport.device import cuda_available
-    plan, todo = cells()
+    plan, todo = step_cells("cpu", "tiny", bench_dtypes=("fp32",))
+    todo = [dataclasses.replace(c, fresh_process=True) for c in todo]
     cuda_available()  # imports torch here, as `lmreport run` has before it launches anything
     os.environ[MODE_VARIABLE] = way
-    with tempfile.TemporaryDirectory() as runs:
-        t0 = time.perf_counter()
-        res = runner.run_sweep(todo, Path(runs), plan.run, executor=WorkerLauncher(), progress=False)
-        wall = time.perf_counter() - t0
-        if res.counts != {"ok": len(todo)}:
-            sys.exit(f"{way}: not every cell ran ok: {dict(res.counts)}")
-        records = [store.read_record(store.record_path(Path(runs), plan.run, c.section, c.name)) for c in todo]
-    timed = sum(r["timed_s"] for r in records)
+    wall_s, records = timed_sweep(way, plan, todo, WorkerLauncher())
     # In launch order (fresh cells run one after another); with fork the first one started the server.
     overheads = [r["wall_s"] - r["timed_s"] for r in sorted(records, key=lambda r: r["started_at"])]
-    return {"cells": len(todo), "wall_s": wall, "timed_s": timed, "overhead_per_cell_s": (wall - timed) / len(todo),
-            "record_overhead_median_s": statistics.median(overheads[1:]), "first_record_overhead_s": overheads[0]}
+    return {**overhead(wall_s, records), "record_overhead_median_s": statistics.median(overheads[1:]),
+            "first_record_overhead_s": overheads[0]}
 
 
 def main() -> int:
@@ -102,7 +82,7 @@ def main() -> int:
     best = {way: min(runs[way], key=lambda m: m["overhead_per_cell_s"]) for way in WAYS}
     print("(first cell, later cells: a record's wall_s - timed_s, from launch to record; with fork the first "
           "cell's includes the server's start)")
-    from _verdict import ratio_verdict
+    from _sweeps import ratio_verdict
     ok = ratio_verdict("forked overhead per cell", best["fork"]["overhead_per_cell_s"], "a new interpreter's",
                        best["exec"]["overhead_per_cell_s"], TARGET_RATIO)
     if args.json:

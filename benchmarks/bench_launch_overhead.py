@@ -20,12 +20,9 @@ subprocess cell then pays its CUDA set-up too, which the worker pays once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,36 +38,18 @@ TARGET_RATIO = 0.5  # worker overhead per cell / subprocess overhead per cell
 PROFILE_SIZE = {"cpu": "tiny", "gpu-quick": "small"}
 
 
-def cells(profile: str = "cpu"):
-    from lmreport import runner
-    from lmreport.experiments import bench
-    from lmreport.presets import resolve
-    plan = runner.Plan(*resolve(profile, 2025, profile != "cpu"))
-    prof = dataclasses.replace(plan.profile, sizes=(PROFILE_SIZE[profile],), warmup_ablation=(), compile_sizes=())
-    out = [c for c in bench.cells(runner.Plan(prof, plan.edition)) if c.config.get("experiment") == "step"
-           and not c.config["compiled"]]
-    return plan, out
-
-
 def measure(profile: str = "cpu") -> dict[str, dict]:
     """{launcher: {cells, wall_s, timed_s, duration_s, overhead_per_cell_s, launch_per_cell_s}}."""
-    from lmreport import launchers, runner, store
-    plan, todo = cells(profile)
+    from _sweeps import overhead, step_cells, timed_sweep
+    from lmreport import launchers
+    plan, todo = step_cells(profile, PROFILE_SIZE[profile])
     subprocess.run([sys.executable, "-c", "import torch"], check=True)  # warm the file cache for every launcher alike
     results = {}
     for name in LAUNCHERS:
-        with tempfile.TemporaryDirectory() as runs:
-            t0 = time.perf_counter()
-            res = runner.run_sweep(todo, Path(runs), plan.run, executor=launchers.get(name), progress=False)
-            wall = time.perf_counter() - t0
-            if res.counts != {"ok": len(todo)}:
-                sys.exit(f"{name}: not every cell ran ok: {dict(res.counts)}")
-            records = [store.read_record(store.record_path(Path(runs), plan.run, c.section, c.name)) for c in todo]
-        timed = sum(r.get("timed_s") or 0.0 for r in records)
-        duration = sum(r["duration_s"] for r in records)
-        results[name] = {"cells": len(todo), "wall_s": wall, "timed_s": timed, "duration_s": duration,
-                         "overhead_per_cell_s": (wall - timed) / len(todo),
-                         "launch_per_cell_s": (wall - duration) / len(todo)}
+        wall_s, records = timed_sweep(name, plan, todo, launchers.get(name))
+        duration_s = sum(r["duration_s"] for r in records)
+        results[name] = {**overhead(wall_s, records), "duration_s": duration_s,
+                         "launch_per_cell_s": (wall_s - duration_s) / len(todo)}
     return results
 
 
@@ -94,7 +73,7 @@ def main() -> int:
     process_s = r["subprocess"]["overhead_per_cell_s"] - r["inline"]["overhead_per_cell_s"]
     what = "a fresh process and its CUDA set-up cost" if args.profile != "cpu" else "a fresh process costs"
     print(f"{what} {process_s:.2f} s per cell here (subprocess minus inline overhead per cell)")
-    from _verdict import ratio_verdict
+    from _sweeps import ratio_verdict
     ok = ratio_verdict("worker overhead per cell", r["worker"]["overhead_per_cell_s"], "subprocess's",
                        r["subprocess"]["overhead_per_cell_s"], TARGET_RATIO)
     if args.json:
