@@ -13,7 +13,8 @@ import statistics
 
 from lmreport import accounting as acc
 from lmreport import peaks
-from lmreport.experiments.bench import COMPILE_MODES, MODE_PHASES, PHASE_METRICS, cell_name, matmul_cell_name
+from lmreport.experiments.bench import (COMPILE_MODES, MODE_PHASES, PHASE_METRICS, ablation_warmups, cell_name,
+                                       matmul_cell_name)
 from lmreport.report.context import SectionView
 from lmreport.report.sections import _records
 from lmreport.sections import Section
@@ -327,10 +328,10 @@ def with_grid_twins(view: SectionView, rows: list[dict], grid: list[dict]) -> li
     again. The old record is used only when the grid has no such cell yet (a run cut short before the grid reached
     it), so that its row is not lost."""
     out = list(rows)
+    from_grid = set(view.profile.warmup_ablation) - set(ablation_warmups(view.profile))  # counts the plan runs no cell of
     for size, mode, ctx in dict.fromkeys((r["size"], r["mode"], r["ctx"]) for r in rows):
         twin = _pick(grid, size=size, ctx=ctx, mode=mode, dtype="fp32", compiled=False)
-        if (twin is None or twin["warmup"] != view.profile.warmup_steps or twin["warmup"] == 0
-                or twin["warmup"] not in view.profile.warmup_ablation):
+        if twin is None or twin["warmup"] not in from_grid:
             continue
         out = [r for r in out if (r["size"], r["mode"], r["ctx"], r["warmup"]) != (size, mode, ctx, twin["warmup"])]
         out.append({**twin, "from_grid": True})
